@@ -1,0 +1,37 @@
+"""gpt_jax: a pure JAX/Flax GPT text-generation pipeline.
+
+import gpt_jax
+gen = gpt_jax.load()                        # the bundled Shakespeare model
+out = gen.generate(["ROMEO:", "JULIET:"], max_new_tokens=64, seed=0)
+"""
+
+from gpt_jax.checkpoint import load, save
+from gpt_jax.config import GPT2_SMALL, GPT2_TINY, LLAMA_1B, LLAMA_SMALL, LLAMA_TINY, PRESETS, SHAKESPEARE, ModelConfig
+from gpt_jax.errors import CheckpointError, ConfigError, GptJaxError, InputError, TokenizerError
+from gpt_jax.generate import GenerationResult, Generator, ScoreResult
+from gpt_jax.tokenizer import IncrementalDecoder, Tokenizer, train_tokenizer
+
+__all__ = [
+    "GPT2_SMALL",
+    "GPT2_TINY",
+    "LLAMA_1B",
+    "LLAMA_SMALL",
+    "LLAMA_TINY",
+    "PRESETS",
+    "SHAKESPEARE",
+    "CheckpointError",
+    "ConfigError",
+    "GenerationResult",
+    "Generator",
+    "GptJaxError",
+    "IncrementalDecoder",
+    "InputError",
+    "ModelConfig",
+    "ScoreResult",
+    "Tokenizer",
+    "TokenizerError",
+    "load",
+    "save",
+    "train_tokenizer",
+]
+__version__ = "0.1.0"

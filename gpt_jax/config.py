@@ -1,0 +1,232 @@
+"""`ModelConfig`: one frozen dataclass for GPT-2 style and Llama/Mistral style decoders, with presets.
+
+GPT-2 style: learned positions, LayerNorm, GELU MLP, biases, tied embeddings.
+Llama/Mistral style: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention, untied head, no biases.
+Every field that changes the computation is here, so a config plus a params dict is the whole model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gpt_jax.errors import ConfigError, check
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu")
+ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    mlp_dim: int
+    max_seq_len: int
+    n_kv_heads: int = 0  # 0: same as n_heads (multi-head attention)
+    head_dim: int = 0  # 0: d_model // n_heads
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    mlp: str = "swiglu"
+    activation: str = "silu"
+    tie_embeddings: bool = False
+    attn_bias: bool = False
+    mlp_bias: bool = False
+    bos_id: int = 1  # -1: none
+    eos_ids: tuple[int, ...] = (2,)
+    pad_id: int = 0
+    add_bos: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not self.n_kv_heads:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if not self.head_dim and self.n_heads > 0 and self.d_model % self.n_heads == 0:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        object.__setattr__(self, "eos_ids", tuple(int(e) for e in self.eos_ids))
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "max_seq_len"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 1, ConfigError, f"{name} must be an integer >= 1, got {value!r}")
+        check(
+            self.d_model % self.n_heads == 0 or self.head_dim > 0,
+            ConfigError,
+            f"n_heads={self.n_heads} must divide d_model={self.d_model} (or give head_dim explicitly)",
+        )
+        check(self.head_dim >= 1, ConfigError, f"head_dim must be >= 1, got {self.head_dim}")
+        check(
+            self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
+            ConfigError,
+            f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}",
+        )
+        check(
+            self.position != "rope" or self.head_dim % 2 == 0,
+            ConfigError,
+            f"rotary positions need an even head_dim, got {self.head_dim}",
+        )
+        for name, allowed in (
+            ("norm", NORMS),
+            ("position", POSITIONS),
+            ("mlp", MLPS),
+            ("activation", ACTIVATIONS),
+            ("dtype", DTYPES),
+        ):
+            check(
+                getattr(self, name) in allowed,
+                ConfigError,
+                f"{name} must be one of {allowed}, got {getattr(self, name)!r}",
+            )
+        check(self.norm_eps > 0, ConfigError, f"norm_eps must be > 0, got {self.norm_eps}")
+        check(self.rope_theta > 0, ConfigError, f"rope_theta must be > 0, got {self.rope_theta}")
+        for name in ("bos_id", "pad_id"):
+            value = getattr(self, name)
+            check(
+                -1 <= value < self.vocab_size,
+                ConfigError,
+                f"{name} must be in [-1, vocab_size={self.vocab_size}), got {value}",
+            )
+        check(self.pad_id >= 0, ConfigError, f"pad_id must be a token id >= 0, got {self.pad_id}")
+        for e in self.eos_ids:
+            check(
+                0 <= e < self.vocab_size,
+                ConfigError,
+                f"eos_ids must hold ids in [0, vocab_size={self.vocab_size}), got {e}",
+            )
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (tied head counted once)."""
+        d, f, v, h = self.d_model, self.mlp_dim, self.vocab_size, self.head_dim
+        attn = d * h * (self.n_heads * 2 + self.n_kv_heads * 2)
+        if self.attn_bias:
+            attn += h * (self.n_heads + 2 * self.n_kv_heads) + d
+        mlp = d * f * (3 if self.mlp == "swiglu" else 2)
+        if self.mlp_bias:
+            mlp += f * (2 if self.mlp == "swiglu" else 1) + d
+        norm = d * (2 if self.norm == "layernorm" else 1)
+        total = self.n_layers * (attn + mlp + 2 * norm) + norm + v * d
+        if not self.tie_embeddings:
+            total += v * d
+        if self.position == "learned":
+            total += self.max_seq_len * d
+        return total
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with `changes`; kv heads and head dim follow n_heads/d_model unless set explicitly here or before."""
+        if "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads:
+            changes["n_kv_heads"] = 0
+        if "head_dim" not in changes and self.head_dim * self.n_heads == self.d_model:
+            changes["head_dim"] = 0
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["eos_ids"] = list(self.eos_ids)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config", base: ModelConfig | None = None) -> ModelConfig:
+        """Build from a dict (or update `base` with it), rejecting unknown keys and wrong types with the file named."""
+        check(isinstance(data, dict), ConfigError, f"{source}: expected a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        check(not unknown, ConfigError, f"{source}: unknown config keys {unknown}; allowed: {sorted(fields)}")
+        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in data and base is None]
+        check(not missing, ConfigError, f"{source}: missing config keys {missing}")
+        kwargs = {}
+        for name, value in data.items():
+            default = fields[name].default
+            expected = type(default) if default is not dataclasses.MISSING else int
+            if name == "eos_ids":
+                check(
+                    isinstance(value, (list, tuple)) and all(type(v) is int for v in value),
+                    ConfigError,
+                    f"{source}: eos_ids must be a list of integers, got {value!r}",
+                )
+                value = tuple(value)
+            elif expected is float:
+                check(type(value) in (int, float), ConfigError, f"{source}: {name} must be a number, got {value!r}")
+                value = float(value)
+            else:
+                check(
+                    type(value) is expected,
+                    ConfigError,
+                    f"{source}: {name} must be of type {expected.__name__}, got {value!r}",
+                )
+            kwargs[name] = value
+        try:
+            return base.replace(**kwargs) if base is not None else cls(**kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+
+GPT2_SMALL = ModelConfig(
+    vocab_size=50257,
+    d_model=768,
+    n_layers=12,
+    n_heads=12,
+    mlp_dim=3072,
+    max_seq_len=1024,
+    norm="layernorm",
+    norm_eps=1e-5,
+    position="learned",
+    mlp="gelu",
+    activation="gelu_tanh",
+    tie_embeddings=True,
+    attn_bias=True,
+    mlp_bias=True,
+    bos_id=50256,
+    eos_ids=(50256,),
+    pad_id=50256,
+    add_bos=False,
+)
+GPT2_TINY = GPT2_SMALL.replace(
+    vocab_size=64, d_model=32, n_layers=2, n_heads=4, mlp_dim=128, max_seq_len=128, bos_id=1, eos_ids=(2,), pad_id=0
+)
+LLAMA_TINY = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=96, max_seq_len=128)
+# A Llama-shaped model of GPT-2-small size: 12 layers, width 768, grouped-query attention (4 kv heads).
+LLAMA_SMALL = ModelConfig(
+    vocab_size=32000, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, mlp_dim=2048, max_seq_len=2048
+)
+# About 1.1 B parameters, the shape of TinyLlama-1.1B.
+LLAMA_1B = ModelConfig(
+    vocab_size=32000,
+    d_model=2048,
+    n_layers=22,
+    n_heads=32,
+    n_kv_heads=4,
+    mlp_dim=5632,
+    max_seq_len=2048,
+    dtype="bfloat16",
+)
+# The bundled default model (see README: trained on the Shakespeare corpus).
+SHAKESPEARE = ModelConfig(
+    vocab_size=4000,
+    d_model=256,
+    n_layers=6,
+    n_heads=4,
+    mlp_dim=704,
+    max_seq_len=256,
+    tie_embeddings=True,
+    bos_id=1,
+    eos_ids=(2,),
+    pad_id=3,
+)
+
+PRESETS = {
+    "gpt2-small": GPT2_SMALL,
+    "gpt2-tiny": GPT2_TINY,
+    "llama-tiny": LLAMA_TINY,
+    "llama-small": LLAMA_SMALL,
+    "llama-1b": LLAMA_1B,
+    "shakespeare": SHAKESPEARE,
+}

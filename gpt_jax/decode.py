@@ -1,0 +1,140 @@
+"""Steps 7 and 8: append each chosen token and stop per row, inside one `jax.lax.while_loop`.
+
+    prefill (whole prompt, one forward pass) -> choose token 0 -> while any row runs: forward 1 token, choose, append
+
+The model enters as a callback `logits_fn(params, tokens, positions, mask, cache) -> (logits, cache)`, so the loop
+can be tested with a fake model. The same `prefill` and `decode_step` serve the while loop and streaming.
+
+Axes: B batch, T prompt length (bucketed), S cache slots, M output buffer, V vocabulary, E eos ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.kv_cache import KVCache, cached_positions_and_mask
+from gpt_jax.sampling import SamplingParams, row_keys, sample, step_keys
+
+LogitsFn = Callable[..., tuple[jax.Array, KVCache]]
+RUNNING, EOS, LENGTH = 0, 1, 2  # finish reasons
+FINISH_NAMES = {RUNNING: None, EOS: "eos", LENGTH: "length"}
+
+
+@flax.struct.dataclass
+class DecodeInputs:
+    """Per-call traced values: changing any of them never recompiles."""
+
+    pad_len: jax.Array  # [B] leading padding slots of each row
+    max_new_tokens: jax.Array  # [B] per-row budget, <= M
+    active: jax.Array  # [B] False for bucket filler rows
+    eos_ids: jax.Array  # [E] stop ids, -1 for unused entries (all -1: ignore EOS)
+    sampling: SamplingParams
+    pad_id: jax.Array  # scalar: what finished rows emit
+
+
+@flax.struct.dataclass
+class DecodeState:
+    step: jax.Array  # scalar: tokens generated so far
+    last: jax.Array  # [B] the token fed to the next forward pass
+    tokens: jax.Array  # [B, M] output buffer, pad where nothing was generated
+    logprobs: jax.Array  # [B, M] log-probability of each generated token (0 on pad)
+    lengths: jax.Array  # [B] tokens generated per row, EOS included
+    done: jax.Array  # [B]
+    finish: jax.Array  # [B] RUNNING / EOS / LENGTH
+    keys: jax.Array  # [B] row keys
+    cache: KVCache
+
+
+def prefill(
+    logits_fn: LogitsFn, params, tokens: jax.Array, inputs: DecodeInputs, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+    """Run the whole left-padded prompt [B, T] through the model; return the last column's logits [B, V]."""
+    positions, mask = cached_positions_and_mask(cache.index, inputs.pad_len, tokens.shape[1], cache.length)
+    logits, cache = logits_fn(params, tokens, positions, mask, cache)
+    return logits[:, -1], cache
+
+
+def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInputs) -> DecodeState:
+    """Steps 5-8 for one token: sample from `logits` [B, V], write it, update per-row stop state."""
+    t = state.step
+    token, logprob = sample(step_keys(state.keys, t), logits, inputs.sampling)
+    token = jnp.where(state.done, inputs.pad_id, token)
+    logprob = jnp.where(state.done, 0.0, logprob)
+    is_eos = jnp.any(token[:, None] == inputs.eos_ids[None, :], axis=-1) & ~state.done
+    out_of_budget = (t + 1 >= inputs.max_new_tokens) & ~state.done & ~is_eos
+    finish = jnp.where(is_eos, EOS, jnp.where(out_of_budget, LENGTH, state.finish))
+    return state.replace(
+        step=t + 1,
+        last=token,
+        tokens=jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, t)),
+        logprobs=jax.lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, t)),
+        lengths=jnp.where(state.done, state.lengths, t + 1),
+        done=state.done | is_eos | out_of_budget,
+        finish=finish,
+    )
+
+
+def decode_step(logits_fn: LogitsFn, params, state: DecodeState, inputs: DecodeInputs) -> DecodeState:
+    """Feed the last chosen token [B] through the model and choose the next one."""
+    cache = state.cache
+    positions, mask = cached_positions_and_mask(cache.index, inputs.pad_len, 1, cache.length)
+    logits, cache = logits_fn(params, state.last[:, None], positions, mask, cache)
+    return choose_and_append(state.replace(cache=cache), logits[:, 0], inputs)
+
+
+def start(
+    logits_fn: LogitsFn,
+    params,
+    tokens: jax.Array,
+    inputs: DecodeInputs,
+    cache: KVCache,
+    seed: jax.Array,
+    row_seeds: jax.Array,
+    buffer: int,
+) -> DecodeState:
+    """Prefill and choose the first token: the state the loop (or a stream) continues from."""
+    logits, cache = prefill(logits_fn, params, tokens, inputs, cache)
+    b = tokens.shape[0]
+    state = DecodeState(
+        step=jnp.zeros((), jnp.int32),
+        last=jnp.zeros((b,), jnp.int32),
+        tokens=jnp.full((b, buffer), inputs.pad_id, jnp.int32),
+        logprobs=jnp.zeros((b, buffer), jnp.float32),
+        lengths=jnp.zeros((b,), jnp.int32),
+        done=~inputs.active,
+        finish=jnp.full((b,), RUNNING, jnp.int32),
+        keys=row_keys(seed, row_seeds),
+        cache=cache,
+    )
+    return choose_and_append(state, logits, inputs)
+
+
+def running(state: DecodeState) -> jax.Array:
+    """The loop condition: a buffer slot is left, some row runs, and the cache has a free slot."""
+    buffer = state.tokens.shape[1]
+    return (state.step < buffer) & ~jnp.all(state.done) & (state.cache.index < state.cache.length)
+
+
+def finish_rows(state: DecodeState) -> DecodeState:
+    """Rows still running when the loop ends (buffer or cache full) finish by length."""
+    return state.replace(finish=jnp.where(state.done, state.finish, LENGTH), done=jnp.ones_like(state.done))
+
+
+def generate_loop(
+    logits_fn: LogitsFn,
+    params,
+    tokens: jax.Array,
+    inputs: DecodeInputs,
+    cache: KVCache,
+    seed: jax.Array,
+    row_seeds: jax.Array,
+    buffer: int,
+) -> DecodeState:
+    """The whole decode: prefill, then `while_loop` until every row is done. Jit this (buffer static)."""
+    state = start(logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
+    state = jax.lax.while_loop(running, lambda s: decode_step(logits_fn, params, s, inputs), state)
+    return finish_rows(state)

@@ -1,0 +1,292 @@
+"""The public pipeline: `Generator` composes the nine steps behind `generate`, `generate_ids` and `score`.
+
+text -(1 tokenize)-> ids -(2 left-pad)-> batch -(3, 4 model)-> logits -(5, 6 sample)-> token
+     -(7 append, 8 stop; in one jitted while_loop)-> ids -(9 detokenize)-> text
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax import decode
+from gpt_jax.batching import MIN_LENGTH_BUCKET, bucket, left_pad
+from gpt_jax.config import ModelConfig
+from gpt_jax.errors import InputError, TokenizerError, check
+from gpt_jax.kv_cache import init_cache
+from gpt_jax.model import Transformer, forward, init_params
+from gpt_jax.sampling import SamplingParams
+from gpt_jax.tokenizer import IncrementalDecoder, Tokenizer
+
+MAX_EOS_IDS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    """One entry per prompt. token_ids are the generated ids (EOS included when it ended the row)."""
+
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+    logprobs: list[list[float]]
+    seed: int
+    steps: int  # decode-loop iterations (prefill's token counts as one)
+    texts: list[str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """Per text: total log-likelihood (nats) of its tokens after the first, and how many tokens were scored."""
+
+    log_likelihood: list[float]
+    num_tokens: list[int]
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-sum(self.log_likelihood) / max(sum(self.num_tokens), 1))
+
+
+def _per_row(
+    name: str, value, rows: int, kind: type, low: float, high: float, *, low_open=False, high_open=False
+) -> list:
+    """Validate a scalar or per-row list of settings; return one value per row."""
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * rows
+    check(len(values) == rows, InputError, f"{name} must be a scalar or a list of {rows} values, got {len(values)}")
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    allowed = f"{kind.__name__} in {lo}{low}, {high}{hi}"
+    for v in values:
+        ok_type = (
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            if kind is int
+            else isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        )
+        check(ok_type, InputError, f"{name} must be {allowed}, got {v!r}")
+        check(
+            math.isfinite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high),
+            InputError,
+            f"{name} must be {allowed}, got {v!r}",
+        )
+    return values
+
+
+class Generator:
+    """A model (config + params) with its tokenizer, and the compiled functions of the pipeline.
+
+    Compiled programs are cached per shape bucket (rows, prompt length, output buffer): a call with another prompt
+    length in the same bucket, or other sampling values, compiles nothing new. `trace_count` counts the traces.
+    """
+
+    def __init__(self, config: ModelConfig, params: dict, tokenizer: Tokenizer | None = None):
+        self.config, self.params, self.tokenizer = config, params, tokenizer
+        self.model = Transformer(config)
+        self.trace_count = 0
+        self._generate_jit = jax.jit(self._generate_traced, static_argnames=("buffer",))
+        self._score_jit = jax.jit(self._score_traced)
+
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig, tokenizer: Tokenizer | None = None, key: jax.Array | int = 0
+    ) -> Generator:
+        """Random weights for `config` (the tokenizer, if given, must match its vocabulary)."""
+        if isinstance(key, int):
+            key = jax.random.key(key)
+        if tokenizer is not None:
+            check(
+                tokenizer.vocab_size == config.vocab_size,
+                InputError,
+                f"tokenizer vocab_size {tokenizer.vocab_size} != config vocab_size {config.vocab_size}",
+            )
+        return cls(config, init_params(config, key), tokenizer)
+
+    def logits_fn(self, params, tokens, positions, mask, cache):
+        return self.model.apply({"params": params}, tokens, positions, mask, cache)
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    def _generate_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer):
+        self.trace_count += 1
+        cache = init_cache(self.config, tokens.shape[0], tokens.shape[1] + buffer)
+        state = decode.generate_loop(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
+        return {
+            "tokens": state.tokens,
+            "logprobs": state.logprobs,
+            "lengths": state.lengths,
+            "finish": state.finish,
+            "steps": state.step,
+        }
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int | Sequence[int] = 64,
+        temperature=0.8,
+        top_k=0,
+        top_p=0.95,
+        min_p=0.0,
+        seed: int | None = None,
+        row_seeds: Sequence[int] | None = None,
+        ignore_eos: bool = False,
+    ) -> GenerationResult:
+        """Token ids in, generated token ids out (no tokenizer involved).
+
+        Every setting may be a scalar or one value per prompt. `seed=None` draws a fresh seed, returned in the
+        result so the run can be repeated. Row r samples with key fold_in(key(seed), row_seeds[r]) (default r).
+        """
+        cfg = self.config
+        check(
+            isinstance(prompts, (list, tuple)) and len(prompts) > 0,
+            InputError,
+            "prompts must be a non-empty list of token-id lists",
+        )
+        rows = len(prompts)
+        prompts = [self._check_ids(i, p) for i, p in enumerate(prompts)]
+        budgets = _per_row("max_new_tokens", max_new_tokens, rows, int, 1, cfg.max_seq_len)
+        temps = _per_row("temperature", temperature, rows, float, 0.0, 1e6)
+        top_ks = _per_row("top_k", top_k, rows, int, 0, cfg.vocab_size)
+        top_ps = _per_row("top_p", top_p, rows, float, 0.0, 1.0, low_open=True)
+        min_ps = _per_row("min_p", min_p, rows, float, 0.0, 1.0)
+        for i, (p, n) in enumerate(zip(prompts, budgets)):
+            check(
+                len(p) + n <= cfg.max_seq_len,
+                InputError,
+                f"prompt {i} has {len(p)} tokens; with max_new_tokens={n} that is {len(p) + n}, more than the "
+                f"model's context of {cfg.max_seq_len} tokens",
+            )
+        if seed is None:
+            seed = secrets.randbits(32)
+        check(
+            isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < 2**32,
+            InputError,
+            f"seed must be an integer in [0, 2**32), got {seed!r}",
+        )
+        if row_seeds is None:
+            row_seeds = list(range(rows))
+        row_seeds = _per_row("row_seeds", row_seeds, rows, int, 0, 2**31 - 1)
+        check(isinstance(ignore_eos, bool), InputError, f"ignore_eos must be True or False, got {ignore_eos!r}")
+
+        batch = left_pad(prompts, cfg.pad_id, length=bucket(max(map(len, prompts)), MIN_LENGTH_BUCKET))
+        b = batch.tokens.shape[0]
+        eos = [] if ignore_eos else list(cfg.eos_ids)[:MAX_EOS_IDS]
+        fill = lambda xs: np.array(xs + [xs[-1]] * (b - rows))
+        inputs = decode.DecodeInputs(
+            pad_len=batch.pad_len,
+            max_new_tokens=fill(budgets).astype(np.int32),
+            active=batch.active,
+            eos_ids=np.array(eos + [-1] * (MAX_EOS_IDS - len(eos)), np.int32),
+            sampling=SamplingParams.make(b, temperature=temps, top_k=top_ks, top_p=top_ps, min_p=min_ps),
+            pad_id=np.int32(cfg.pad_id),
+        )
+        out = self._generate_jit(
+            self.params,
+            batch.tokens,
+            inputs,
+            np.uint32(seed),
+            fill(row_seeds).astype(np.int32),
+            buffer=bucket(max(budgets), MIN_LENGTH_BUCKET),
+        )
+        out = jax.device_get(out)
+        lengths = out["lengths"][:rows]
+        return GenerationResult(
+            token_ids=[out["tokens"][r, : lengths[r]].tolist() for r in range(rows)],
+            finish_reasons=[decode.FINISH_NAMES[int(f)] for f in out["finish"][:rows]],
+            logprobs=[out["logprobs"][r, : lengths[r]].tolist() for r in range(rows)],
+            seed=int(seed),
+            steps=int(out["steps"]),
+        )
+
+    def generate(self, prompts: str | Sequence[str], **kwargs) -> GenerationResult:
+        """Text in, text out. Takes the settings of `generate_ids`; `texts` holds each continuation."""
+        tok = self._require_tokenizer()
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else prompts
+        check(
+            isinstance(prompts, (list, tuple)) and len(prompts) > 0,
+            InputError,
+            "prompts must be a string or a non-empty list of strings",
+        )
+        for i, p in enumerate(prompts):
+            check(isinstance(p, str), InputError, f"prompt {i} must be a string, got {type(p).__name__}")
+        ids = [tok.encode(p) for p in prompts]
+        for i, p in enumerate(ids):
+            check(len(p) > 0, InputError, f"prompt {i} is empty: give at least one character")
+        result = self.generate_ids(ids, **kwargs)
+        texts = []
+        for prompt_ids, new_ids in zip(ids, result.token_ids):
+            decoder = IncrementalDecoder(tok, prompt_ids)
+            texts.append(decoder.add(new_ids) + decoder.flush())
+        return dataclasses.replace(result, texts=texts)
+
+    # ---- scoring ----------------------------------------------------------------------------------------------
+    def _score_traced(self, params, tokens, valid):
+        self.trace_count += 1
+        logits = forward(self.config, params, tokens, valid)
+        logprobs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+        target = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
+        scored = valid[:, 1:] & valid[:, :-1]
+        return jnp.sum(jnp.where(scored, target, 0.0), axis=1), jnp.sum(scored, axis=1)
+
+    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> ScoreResult:
+        """Teacher-forced log-likelihood of each sequence's tokens after its first (each at most the context)."""
+        check(
+            isinstance(sequences, (list, tuple)) and len(sequences) > 0,
+            InputError,
+            "sequences must be a non-empty list of token-id lists",
+        )
+        seqs = [self._check_ids(i, s, what="sequence") for i, s in enumerate(sequences)]
+        for i, s in enumerate(seqs):
+            check(
+                len(s) <= self.config.max_seq_len,
+                InputError,
+                f"sequence {i} has {len(s)} tokens, more than the context of {self.config.max_seq_len}",
+            )
+        totals, counts = [], []
+        for start in range(0, len(seqs), batch_size):
+            chunk = seqs[start : start + batch_size]
+            batch = left_pad(
+                chunk,
+                self.config.pad_id,
+                rows=bucket(len(chunk)),
+                length=min(bucket(max(map(len, chunk)), MIN_LENGTH_BUCKET), self.config.max_seq_len),
+            )
+            ll, n = jax.device_get(self._score_jit(self.params, batch.tokens, batch.valid))
+            totals += ll[: len(chunk)].tolist()
+            counts += n[: len(chunk)].tolist()
+        return ScoreResult(log_likelihood=totals, num_tokens=[int(c) for c in counts])
+
+    def score(self, texts: str | Sequence[str], batch_size: int = 8) -> ScoreResult:
+        """Teacher-forced log-likelihood of each text (BOS-prefixed as the tokenizer is configured)."""
+        tok = self._require_tokenizer()
+        texts = [texts] if isinstance(texts, str) else texts
+        check(
+            isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts) and texts,
+            InputError,
+            "texts must be a string or a non-empty list of strings",
+        )
+        return self.score_ids([tok.encode(t) for t in texts], batch_size)
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+    def _check_ids(self, i: int, ids, what: str = "prompt") -> list[int]:
+        check(
+            isinstance(ids, (list, tuple, np.ndarray)),
+            InputError,
+            f"{what} {i} must be a list of token ids, got {type(ids).__name__}",
+        )
+        ids = [int(t) if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else t for t in ids]
+        check(len(ids) > 0, InputError, f"{what} {i} is empty: give at least one token id")
+        v = self.config.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < v]
+        check(not bad, InputError, f"{what} {i} holds token ids outside [0, vocab_size={v}): {bad[:5]}")
+        return ids
+
+    def _require_tokenizer(self) -> Tokenizer:
+        check(
+            self.tokenizer is not None,
+            TokenizerError,
+            "this model was loaded without a tokenizer: use generate_ids/score_ids, or add a tokenizer.model",
+        )
+        return self.tokenizer

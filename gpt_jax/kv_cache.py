@@ -1,0 +1,73 @@
+"""The explicit KV cache (DESIGN decision 3) and the masks and positions that go with it.
+
+Prompts are left-padded, so every row writes the same slot each step: the cache keeps one write index for the whole
+batch and one `dynamic_update_slice` per layer per step does the write. A row's real tokens start at slot
+`pad_len[row]`; its position at slot s is `s - pad_len[row]`.
+
+Axes: B batch, T query length, S cache length, K kv heads, H head dim.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.config import ModelConfig
+
+
+@flax.struct.dataclass
+class KVCache:
+    k: tuple[jax.Array, ...]  # per layer, [B, S, K, H]
+    v: tuple[jax.Array, ...]  # per layer, [B, S, K, H]
+    index: jax.Array  # int32 scalar: the next slot to write
+
+    @property
+    def length(self) -> int:
+        """S, the number of slots."""
+        return self.k[0].shape[1]
+
+    def write(self, layer: int, k: jax.Array, v: jax.Array) -> tuple[KVCache, jax.Array, jax.Array]:
+        """Write [B, T, K, H] keys and values at `index` of one layer; return the cache and that layer's full k, v."""
+        start = (0, self.index, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(self.k[layer], k.astype(self.k[layer].dtype), start)
+        v_all = jax.lax.dynamic_update_slice(self.v[layer], v.astype(self.v[layer].dtype), start)
+        ks = self.k[:layer] + (k_all,) + self.k[layer + 1 :]
+        vs = self.v[:layer] + (v_all,) + self.v[layer + 1 :]
+        return self.replace(k=ks, v=vs), k_all, v_all
+
+    def advance(self, steps: int | jax.Array) -> KVCache:
+        return self.replace(index=self.index + steps)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
+    """An empty cache of `length` slots for `batch` rows."""
+    dtype = dtype or jnp.dtype(config.dtype)
+    shape = (batch, length, config.n_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+    return KVCache(
+        k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)), index=jnp.zeros((), jnp.int32)
+    )
+
+
+def cached_positions_and_mask(
+    index: jax.Array, pad_len: jax.Array, query_len: int, cache_len: int
+) -> tuple[jax.Array, jax.Array]:
+    """Positions [B, T] of queries written at slots index..index+T-1, and their attention mask [B, T, S].
+
+    A query at slot q sees slot s when the row's real tokens start at or before s and s <= q (causal).
+    """
+    query_slots = index + jnp.arange(query_len, dtype=jnp.int32)  # [T]
+    positions = jnp.maximum(query_slots[None, :] - pad_len[:, None], 0)  # [B, T]
+    key_slots = jnp.arange(cache_len, dtype=jnp.int32)  # [S]
+    mask = (key_slots[None, None, :] >= pad_len[:, None, None]) & (
+        key_slots[None, None, :] <= query_slots[None, :, None]
+    )
+    return positions, mask
+
+
+def causal_mask(valid: jax.Array) -> jax.Array:
+    """[B, T] validity (True for real tokens) -> [B, T, T] mask for an uncached forward pass."""
+    t = valid.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return causal[None] & valid[:, None, :]

@@ -1,0 +1,138 @@
+"""The pieces of a decoder block, as Flax linen modules used purely (no mutable collections).
+
+Axes: B batch, T query length, S key length (cache slots), D model width, N query heads, K kv heads,
+G query heads per kv head (N = K * G), H head dim, F MLP width, V vocabulary.
+Parameter names follow Hugging Face's closely enough that checkpoint conversion is a rename plus a reshape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.config import ModelConfig
+
+MASK_VALUE = -1e30  # finite, so a fully masked row gives a uniform softmax, never NaN
+init_weight = nn.initializers.normal(0.02)
+
+
+def activation(name: str):
+    return {
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "silu": jax.nn.silu,
+        "relu": jax.nn.relu,
+    }[name]
+
+
+class Norm(nn.Module):
+    """LayerNorm (scale and bias) or RMSNorm (scale), computed in fp32."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        scale = self.param("scale", nn.initializers.ones, (cfg.d_model,), dtype)
+        x32 = x.astype(jnp.float32)
+        if cfg.norm == "layernorm":
+            bias = self.param("bias", nn.initializers.zeros, (cfg.d_model,), dtype)
+            mean = x32.mean(-1, keepdims=True)
+            var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+            y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        else:
+            y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + cfg.norm_eps)
+            y = y * scale.astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding in the half-split layout Hugging Face uses. x: [B, T, N, H], positions: [B, T]."""
+    h = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # [H/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention over the KV cache (or over the sequence itself when no cache is given)."""
+
+    config: ModelConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache):
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        n, k, h, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model
+        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
+
+        def proj(name, heads):
+            w = self.param(f"{name}_kernel", init_weight, (d, heads, h), dtype)
+            y = jnp.einsum("BTD,DNH->BTNH", x, w)
+            if cfg.attn_bias:
+                y = y + self.param(f"{name}_bias", nn.initializers.zeros, (heads, h), dtype)
+            return y
+
+        q, key, value = proj("q", n), proj("k", k), proj("v", k)  # [B, T, N|K, H]
+        if cfg.position == "rope":
+            q, key = rope(q, positions, cfg.rope_theta), rope(key, positions, cfg.rope_theta)
+        if cache is not None:
+            cache, key, value = cache.write(self.layer, key, value)  # key, value: [B, S, K, H]
+        b, t = q.shape[:2]
+        q = q.reshape(b, t, k, n // k, h)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, key, preferred_element_type=jnp.float32) / math.sqrt(h)
+        scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value).reshape(b, t, n, h)
+        w_o = self.param("o_kernel", out_init, (n, h, d), dtype)
+        y = jnp.einsum("BTNH,NHD->BTD", out, w_o)
+        if cfg.attn_bias:
+            y = y + self.param("o_bias", nn.initializers.zeros, (d,), dtype)
+        return y, cache
+
+
+class MLP(nn.Module):
+    """GELU MLP (up, act, down) or SwiGLU (act(gate) * up, down)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):  # [B, T, D] -> [B, T, D]
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        d, f = cfg.d_model, cfg.mlp_dim
+        act = activation(cfg.activation)
+
+        def dense(name, inputs, shape, init=init_weight):
+            y = inputs @ self.param(f"{name}_kernel", init, shape, dtype)
+            if cfg.mlp_bias:
+                y = y + self.param(f"{name}_bias", nn.initializers.zeros, (shape[1],), dtype)
+            return y
+
+        if cfg.mlp == "swiglu":
+            hidden = act(dense("gate", x, (d, f))) * dense("up", x, (d, f))  # [B, T, F]
+        else:
+            hidden = act(dense("up", x, (d, f)))
+        return dense("down", hidden, (f, d), nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers)))
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    config: ModelConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache):
+        attn_out, cache = Attention(self.config, self.layer, name="attn")(
+            Norm(self.config, name="attn_norm")(x), positions, mask, cache
+        )
+        x = x + attn_out
+        x = x + MLP(self.config, name="mlp")(Norm(self.config, name="mlp_norm")(x))
+        return x, cache

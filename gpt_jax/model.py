@@ -1,0 +1,78 @@
+"""Steps 3 and 4: the decoder-only transformer, token ids -> logits, pure and cache-explicit.
+
+    logits, cache = Transformer(config).apply({"params": params}, tokens, positions, mask, cache)
+
+Axis glossary (the same letters in einsum strings, shapes and comments everywhere):
+  B  batch rows                      T  query length (tokens fed this call)
+  S  key length (cache slots, or T)  D  model width
+  N  query heads                     K  kv heads (N = K * G for grouped-query attention)
+  H  head dim                        F  MLP width
+  V  vocabulary                      L  layers
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.config import ModelConfig
+from gpt_jax.kv_cache import KVCache
+from gpt_jax.layers import Block, Norm, init_weight
+
+
+class Transformer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, tokens: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+    ) -> tuple[jax.Array, KVCache | None]:
+        """tokens, positions: [B, T] int32; mask: [B, T, S] bool (S = T without a cache).
+
+        Returns fp32 logits [B, T, V] and the cache with the T new keys/values written and its index advanced.
+        """
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        embedding = self.param("embed", init_weight, (cfg.vocab_size, cfg.d_model), dtype)  # [V, D]
+        x = embedding[tokens]  # [B, T, D]
+        if cfg.position == "learned":
+            x = (
+                x
+                + self.param("pos_embed", nn.initializers.normal(0.01), (cfg.max_seq_len, cfg.d_model), dtype)[
+                    positions
+                ]
+            )
+        for layer in range(
+            cfg.n_layers
+        ):  # unrolled: per-layer weights are read in place (notes/xla-cpu-measurements.md)
+            x, cache = Block(cfg, layer, name=f"layer_{layer}")(x, positions, mask, cache)
+        x = Norm(cfg, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
+        else:
+            head = self.param("lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype)  # [D, V]
+            logits = jnp.einsum("BTD,DV->BTV", x, head, preferred_element_type=jnp.float32)
+        if cache is not None:
+            cache = cache.advance(tokens.shape[1])
+        return logits, cache
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> dict:
+    """Random parameters (a plain nested dict) for `config`."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    mask = jnp.ones((1, 1, 1), bool)
+    return jax.jit(lambda k: Transformer(config).init(k, tokens, tokens, mask)["params"])(key)
+
+
+def forward(config: ModelConfig, params: dict, tokens: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """An uncached forward pass over whole sequences: tokens [B, T] -> logits [B, T, V].
+
+    `valid` [B, T] marks real tokens (left padding False); positions count real tokens only.
+    """
+    from gpt_jax.kv_cache import causal_mask
+
+    if valid is None:
+        valid = jnp.ones(tokens.shape, bool)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    logits, _ = Transformer(config).apply({"params": params}, tokens, positions, causal_mask(valid))
+    return logits

@@ -1,0 +1,295 @@
+"""Training with optax: tokenizer + model from text files, held-out evaluation, checkpoints, exact resume.
+
+Batches are a pure function of (seed, step), so a run resumed from a checkpoint sees exactly the batches an
+uninterrupted run would, and produces the same parameters. Each window starts with BOS, as a prompt does at
+generation time. Several devices: the batch is split on a `data` mesh axis, params replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gpt_jax import checkpoint, safetensors_io
+from gpt_jax.config import ModelConfig
+from gpt_jax.errors import InputError, check
+from gpt_jax.generate import Generator
+from gpt_jax.model import forward, init_params
+from gpt_jax.tokenizer import Tokenizer, train_tokenizer
+
+STATE_FILE, OPT_FILE = "train_state.json", "optimizer.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 256  # tokens per window, BOS included
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_windows: int = 64
+    checkpoint_every: int = 500
+    val_every: int = 20  # every val_every-th block of the token stream is held out
+    block_tokens: int = 4096
+    seed: int = 0
+
+    def validate(self):
+        for name in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "eval_every",
+            "eval_windows",
+            "checkpoint_every",
+            "val_every",
+            "block_tokens",
+        ):
+            v = getattr(self, name)
+            check(isinstance(v, int) and v >= 1, InputError, f"{name} must be an integer >= 1, got {v!r}")
+        check(self.seq_len >= 2, InputError, f"seq_len must be >= 2, got {self.seq_len}")
+        check(self.learning_rate > 0, InputError, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(
+            0 <= self.warmup_steps < self.steps or self.steps == 1,
+            InputError,
+            f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps}",
+        )
+
+
+@dataclasses.dataclass
+class Corpus:
+    """The tokenized text, split into training and held-out streams of ids (no BOS inside)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    val_chars: int  # characters the held-out windows decode to
+
+    @classmethod
+    def from_text(cls, text: str, tokenizer: Tokenizer, tc: TrainConfig) -> Corpus:
+        lines = text.splitlines(keepends=True)
+        chunks = ["".join(lines[i : i + 256]) for i in range(0, len(lines), 256)]  # splits at newlines: exact
+        ids = np.concatenate([np.asarray(tokenizer._sp.encode(c), np.int32) for c in chunks])
+        blocks = [ids[i : i + tc.block_tokens] for i in range(0, len(ids), tc.block_tokens)]
+        val_blocks = [b for i, b in enumerate(blocks) if i % tc.val_every == tc.val_every - 1]
+        train = np.concatenate([b for i, b in enumerate(blocks) if i % tc.val_every != tc.val_every - 1])
+        val = np.concatenate(val_blocks) if val_blocks else ids[-tc.block_tokens :]
+        check(
+            len(train) > tc.seq_len and len(val) >= tc.seq_len,
+            InputError,
+            f"the corpus ({len(ids)} tokens) is too small for seq_len={tc.seq_len}",
+        )
+        corpus = cls(train=train, val=val, val_chars=0)
+        corpus.val_chars = sum(len(tokenizer.decode(w[1:])) for w in corpus.val_windows(tokenizer, tc))
+        return corpus
+
+    def batch(self, bos: int, tc: TrainConfig, step: int) -> np.ndarray:
+        """[batch_size, seq_len] windows for `step`, each BOS + seq_len-1 ids, at offsets drawn from (seed, step)."""
+        rng = np.random.default_rng([tc.seed, step])
+        starts = rng.integers(0, len(self.train) - tc.seq_len, size=tc.batch_size)
+        body = self.train[starts[:, None] + np.arange(tc.seq_len - 1)]
+        return np.concatenate([np.full((tc.batch_size, 1), bos, np.int32), body], axis=1)
+
+    def val_windows(self, tokenizer: Tokenizer, tc: TrainConfig) -> np.ndarray:
+        """Up to eval_windows non-overlapping held-out windows, evenly spread, BOS first."""
+        n = tc.seq_len - 1
+        count = min(tc.eval_windows, len(self.val) // n)
+        starts = np.linspace(0, len(self.val) - n, count).astype(int)
+        body = self.val[starts[:, None] + np.arange(n)]
+        return np.concatenate([np.full((count, 1), tokenizer.bos_id, np.int32), body], axis=1)
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay, global-norm clipping; no decay on norms and biases."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, tc.learning_rate, max(tc.warmup_steps, 1), max(tc.steps, 2), end_value=tc.learning_rate * tc.min_lr_ratio
+    )
+    decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(tc.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=tc.weight_decay, mask=decay_mask),
+    )
+
+
+def token_nll(config: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
+    """[B, T] windows -> [B] summed negative log-likelihood of tokens 1..T-1 given the ones before."""
+    logits = forward(config, params, tokens)
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0].sum(axis=1)
+
+
+class Trainer:
+    """Holds params and optimizer state; `run` trains to `tc.steps`, checkpointing into `out_dir`."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        corpus: Corpus,
+        tc: TrainConfig,
+        out_dir: str | Path | None = None,
+    ):
+        tc.validate()
+        self.config, self.tokenizer, self.corpus, self.tc = config, tokenizer, corpus, tc
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.optimizer = make_optimizer(tc)
+        self.params = init_params(config, jax.random.key(tc.seed))
+        self.opt_state = self.optimizer.init(self.params)
+        self.step, self.history = 0, []
+        devices = jax.devices()
+        self.mesh = jax.sharding.Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
+        if self.mesh is not None:
+            check(
+                tc.batch_size % len(devices) == 0,
+                InputError,
+                f"batch_size={tc.batch_size} must divide evenly over {len(devices)} devices (data axis)",
+            )
+        self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1))
+        self._eval = jax.jit(lambda p, t: token_nll(config, p, t))
+
+    def _step_fn(self, params, opt_state, tokens):
+        def loss_fn(p):
+            return token_nll(self.config, p, tokens).sum() / (tokens.shape[0] * (tokens.shape[1] - 1))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def _shard(self, tokens: np.ndarray) -> jax.Array:
+        if self.mesh is None:
+            return jnp.asarray(tokens)
+        return jax.device_put(tokens, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data")))
+
+    def evaluate(self) -> dict:
+        """Held-out loss in nats per token and per character."""
+        windows = self.corpus.val_windows(self.tokenizer, self.tc)
+        nll = float(np.sum(jax.device_get(self._eval(self.params, jnp.asarray(windows)))))
+        tokens = windows.shape[0] * (windows.shape[1] - 1)
+        return {
+            "step": self.step,
+            "val_nats_per_token": nll / tokens,
+            "val_nats_per_char": nll / max(self.corpus.val_chars, 1),
+        }
+
+    def run(self, progress: bool = True, stop_at: int | None = None) -> list[dict]:
+        tc, last = self.tc, min(stop_at or self.tc.steps, self.tc.steps)
+        start_time, start_step, loss = time.perf_counter(), self.step, float("nan")
+        while self.step < last:
+            tokens = self._shard(self.corpus.batch(self.tokenizer.bos_id, tc, self.step))
+            self.params, self.opt_state, loss_arr = self._train_step(self.params, self.opt_state, tokens)
+            self.step += 1
+            if progress and (self.step % 10 == 0 or self.step == last):
+                loss = float(loss_arr)
+                rate = (self.step - start_step) * tc.batch_size * tc.seq_len / (time.perf_counter() - start_time)
+                _progress(self.step, tc.steps, f"loss {loss:.3f}  {rate:,.0f} tok/s")
+            if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                record = {
+                    **self.evaluate(),
+                    "train_loss": float(loss_arr),
+                    "elapsed_s": round(time.perf_counter() - start_time, 1),
+                }
+                self.history.append(record)
+                if progress:
+                    print(
+                        f"\nstep {self.step}: held-out {record['val_nats_per_token']:.4f} nats/token, "
+                        f"{record['val_nats_per_char']:.4f} nats/char",
+                        file=sys.stderr,
+                    )
+            if self.out_dir and (self.step % tc.checkpoint_every == 0 or self.step == tc.steps):
+                self.save(self.out_dir)
+        return self.history
+
+    def generator(self) -> Generator:
+        return Generator(self.config, self.params, self.tokenizer)
+
+    def save(self, directory: Path) -> None:
+        """A loadable model directory plus the optimizer state and step, for `resume`."""
+        opt_flat = {f"{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(self.opt_state))}
+        state = {"step": self.step, "train_config": dataclasses.asdict(self.tc), "history": self.history}
+        tmp = directory.parent / f".{directory.name}.opt.tmp"
+        safetensors_io.write(tmp, opt_flat)
+        checkpoint.save(
+            self.generator(),
+            directory,
+            extra_files={STATE_FILE: json.dumps(state, indent=1).encode(), OPT_FILE: tmp.read_bytes()},
+        )
+        tmp.unlink()
+
+    def resume(self, directory: str | Path) -> None:
+        """Continue from a checkpoint written by `save` (same configs and corpus)."""
+        directory = Path(directory)
+        loaded = checkpoint.load(directory)
+        check(loaded.config == self.config, InputError, f"{directory}: model config differs from this run's")
+        state = json.loads((directory / STATE_FILE).read_text())
+        check(
+            state["train_config"] == dataclasses.asdict(self.tc),
+            InputError,
+            f"{directory}: training config differs from this run's",
+        )
+        opt = safetensors_io.read(directory / OPT_FILE)
+        leaves, treedef = jax.tree_util.tree_flatten(self.opt_state)
+        check(len(opt) == len(leaves), InputError, f"{directory}: optimizer state does not match")
+        restored = [jnp.array(opt[str(i)]) for i in range(len(leaves))]
+        for i, (want, got) in enumerate(zip(leaves, restored)):
+            check(want.shape == got.shape and want.dtype == got.dtype, InputError,
+                  f"{directory / OPT_FILE}: optimizer leaf {i} is {got.dtype}{list(got.shape)}, "
+                  f"expected {want.dtype}{list(want.shape)}")
+        self.opt_state = jax.tree_util.tree_unflatten(treedef, restored)
+        self.params = jax.tree_util.tree_map(jnp.array, loaded.params)
+        self.step, self.history = state["step"], state["history"]
+
+
+def _progress(step: int, total: int, message: str) -> None:
+    width = 30
+    filled = int(width * step / max(total, 1))
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total}  {message}", end="", file=sys.stderr, flush=True)
+
+
+def unigram_baseline(corpus: Corpus, vocab_size: int) -> float:
+    """Held-out nats per token of a unigram model fit on the training stream (add-one smoothing)."""
+    counts = np.bincount(corpus.train, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[corpus.val].mean())
+
+
+def train(
+    text_files: Sequence[str | Path],
+    out_dir: str | Path,
+    config: ModelConfig,
+    tc: TrainConfig,
+    tokenizer: Tokenizer | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Trainer:
+    """Train a tokenizer (unless given) and a model on `text_files`; checkpoints go to `out_dir`."""
+    for f in text_files:
+        check(Path(f).is_file(), InputError, f"text file not found: {f}")
+    out_dir = Path(out_dir)
+    if resume:
+        tokenizer = Tokenizer(out_dir / checkpoint.TOKENIZER_FILE)
+    elif tokenizer is None:
+        tokenizer = Tokenizer(train_tokenizer(text_files, config.vocab_size))
+    check(
+        tokenizer.vocab_size == config.vocab_size,
+        InputError,
+        f"tokenizer vocab_size {tokenizer.vocab_size} != model vocab_size {config.vocab_size}",
+    )
+    config = config.replace(bos_id=tokenizer.bos_id, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id, add_bos=True)
+    text = "".join(Path(f).read_text(encoding="utf-8") for f in text_files)
+    corpus = Corpus.from_text(text, tokenizer, tc)
+    trainer = Trainer(config, tokenizer, corpus, tc, out_dir)
+    if resume:
+        trainer.resume(out_dir)
+    trainer.run(progress=progress)
+    return trainer

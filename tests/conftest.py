@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny configs, the real Mistral tokenizer from ../shared/data, and a tokenizer trained here."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from gpt_jax.config import GPT2_TINY, LLAMA_TINY
+from gpt_jax.tokenizer import Tokenizer, train_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+CORPUS = ROOT / "data" / "shakespeare.txt"
+MISTRAL_MODEL = SHARED / "mistral_v1_tokenizer.model"
+
+TINY_CONFIGS = {"gpt2": GPT2_TINY, "llama": LLAMA_TINY}
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer() -> Tokenizer:
+    if not MISTRAL_MODEL.is_file():
+        pytest.fail(f"{MISTRAL_MODEL} is missing: the tests need ../shared/data beside the checkout")
+    return Tokenizer(MISTRAL_MODEL)
+
+
+@pytest.fixture(scope="session")
+def corpus_slice(tmp_path_factory) -> Path:
+    """The first 200 kB of the Shakespeare corpus, plus a line of Chinese and emoji."""
+    path = tmp_path_factory.mktemp("corpus") / "slice.txt"
+    text = CORPUS.read_text(encoding="utf-8")[:200_000]
+    path.write_text(text + "\n繁體中文測試 😀🎉 café\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(corpus_slice) -> Tokenizer:
+    """A 320-piece BPE model trained on the corpus slice (most non-ASCII characters fall back to bytes)."""
+    return Tokenizer(train_tokenizer([corpus_slice], 320, "bpe"))
+
+
+def chi_square_threshold(dof: int, z: float = 4.753) -> float:
+    """Upper quantile of chi-square(dof) by the Wilson-Hilferty approximation; z=4.753 is a 1e-6 tail."""
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def assert_matches_distribution(samples: np.ndarray, probs: np.ndarray) -> None:
+    """Chi-square goodness of fit (false-failure rate about 1e-6); tokens with probability 0 must never appear."""
+    n = len(samples)
+    counts = np.bincount(samples, minlength=len(probs))
+    impossible = probs <= 0
+    assert counts[impossible].sum() == 0, f"drew tokens of probability 0: {np.nonzero(counts * impossible)[0]}"
+    keep = ~impossible
+    expected = probs[keep] * n
+    stat = float(((counts[keep] - expected) ** 2 / expected).sum())
+    dof = int(keep.sum()) - 1
+    if dof >= 1:
+        assert stat < chi_square_threshold(dof), f"chi-square {stat:.1f} over {dof} dof"

@@ -1,0 +1,72 @@
+"""The command line: output, repeatability, and one-line errors with exit status 2."""
+
+import jax
+import pytest
+
+from gpt_jax import Generator, checkpoint
+from gpt_jax.cli import main
+from gpt_jax.config import LLAMA_TINY
+
+
+@pytest.fixture(scope="module")
+def model_dir(small_tokenizer, tmp_path_factory):
+    g = Generator.from_config(LLAMA_TINY.replace(vocab_size=320, pad_id=3), small_tokenizer, jax.random.key(4))
+    return str(checkpoint.save(g, tmp_path_factory.mktemp("m") / "model"))
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_is_repeatable_with_a_seed(capsys, model_dir):
+    args = ("generate", "ROMEO:", "JULIET:", "--model", model_dir, "--seed", "0", "--max-new-tokens", "8")
+    code, first, _ = run(capsys, *args)
+    assert code == 0 and first.startswith("ROMEO:") and "JULIET:" in first
+    assert run(capsys, *args)[1] == first
+    assert run(capsys, *args[:-4], "--seed", "1", "--max-new-tokens", "8")[1] != first
+
+
+def test_generate_prints_the_fresh_seed(capsys, model_dir):
+    code, out, err = run(capsys, "generate", "A", "--model", model_dir, "--max-new-tokens", "2")
+    assert code == 0 and err.startswith("seed: ")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "x", "--top-p", "1.5"], "top_p must be float in (0.0, 1.0], got 1.5"),
+        (["generate", "x", "--temperature", "-1"], "temperature must be float in [0.0, 1000000.0], got -1.0"),
+        (["generate", "x", "--top-k", "-2"], "top_k must be int in [0, 320], got -2"),
+        (["generate", "x", "--min-p", "2"], "min_p must be float in [0.0, 1.0], got 2.0"),
+        (["generate", "x", "--max-new-tokens", "0"], "max_new_tokens must be int in [1, 128], got 0"),
+        (["generate", "x", "--max-new-tokens", "500"], "max_new_tokens must be int in [1, 128], got 500"),
+        (["generate", "x", "--seed", "-3"], "seed must be an integer in [0, 2**32), got -3"),
+        (["generate", "x", "--top-k", "abc"], "argument --top-k: invalid int value: 'abc'"),
+        (["generate"], "the following arguments are required: PROMPT"),
+        (["generate", "x", "--model", "/nonexistent"], "/nonexistent: not a directory"),
+        (["score", "/nonexistent.txt"], "file not found: /nonexistent.txt"),
+        (["train", "/nonexistent.txt", "--out", "/tmp/x"], "text file not found: /nonexistent.txt"),
+        (["train", "/nonexistent.txt", "--out", "/tmp/x", "--preset", "huge"], "--preset must be one of"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(capsys, model_dir, argv, message):
+    if argv[0] in ("generate", "score") and "--model" not in argv:
+        argv = argv + ["--model", model_dir]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_score_prints_perplexity(capsys, model_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 20)
+    code, out, _ = run(capsys, "score", str(text), "--model", model_dir)
+    assert code == 0 and '"perplexity"' in out

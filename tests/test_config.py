@@ -1,0 +1,47 @@
+import pytest
+
+from gpt_jax.config import GPT2_SMALL, LLAMA_1B, LLAMA_TINY, SHAKESPEARE, ModelConfig
+from gpt_jax.errors import ConfigError
+
+
+def test_gpt2_small_has_the_published_parameter_count():
+    assert GPT2_SMALL.num_params == 124_439_808  # GPT-2 small as released (tied head)
+    assert GPT2_SMALL.head_dim == 64 and GPT2_SMALL.n_kv_heads == 12
+
+
+def test_presets_are_in_their_size_classes():
+    assert 5e6 <= SHAKESPEARE.num_params <= 15e6
+    assert 1.0e9 <= LLAMA_1B.num_params <= 1.2e9
+
+
+def test_replace_keeps_derived_fields_consistent():
+    cfg = GPT2_SMALL.replace(n_heads=4, d_model=32)
+    assert (cfg.n_kv_heads, cfg.head_dim) == (4, 8)
+    assert LLAMA_TINY.replace(n_layers=3).n_kv_heads == 2
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"n_heads": 5}, "n_heads=5 must divide d_model=32"),
+        ({"n_kv_heads": 3}, "n_kv_heads=3 must divide n_heads=4"),
+        ({"norm": "batchnorm"}, "norm must be one of"),
+        ({"vocab_size": 0}, "vocab_size must be an integer >= 1"),
+        ({"eos_ids": (99,)}, "eos_ids must hold ids in"),
+        ({"pad_id": 64}, "pad_id must be in"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+    ],
+)
+def test_validation(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        LLAMA_TINY.replace(**changes)
+
+
+def test_dict_round_trip_and_bad_keys():
+    assert ModelConfig.from_dict(LLAMA_TINY.to_dict()) == LLAMA_TINY
+    with pytest.raises(ConfigError, match=r"unknown config keys \['n_expert'\]"):
+        ModelConfig.from_dict({**LLAMA_TINY.to_dict(), "n_expert": 8})
+    with pytest.raises(ConfigError, match="missing config keys"):
+        ModelConfig.from_dict({"vocab_size": 10})
+    with pytest.raises(ConfigError, match="d_model must be of type int"):
+        ModelConfig.from_dict({**LLAMA_TINY.to_dict(), "d_model": "32"})

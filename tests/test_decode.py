@@ -1,0 +1,92 @@
+"""The decode loop driven by a fake model whose next token is always `token + 1`."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import decode
+from gpt_jax.batching import left_pad
+from gpt_jax.config import LLAMA_TINY
+from gpt_jax.kv_cache import init_cache
+from gpt_jax.sampling import SamplingParams
+
+V = LLAMA_TINY.vocab_size
+PAD = 0
+
+
+def fake_logits_fn(params, tokens, positions, mask, cache):
+    """logits = one_hot(token + 1): a model that counts."""
+    return jax.nn.one_hot((tokens + 1) % V, V) * 10.0, cache.advance(tokens.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames="buffer")
+def run(tokens, inputs, *, buffer):
+    cache = init_cache(LLAMA_TINY, tokens.shape[0], tokens.shape[1] + buffer)
+    return decode.generate_loop(fake_logits_fn, None, tokens, inputs, cache, jnp.uint32(0), jnp.arange(tokens.shape[0]), buffer)
+
+
+def inputs_for(batch, max_new, eos=(), temperature=0.0):
+    rows = batch.tokens.shape[0]
+    eos = list(eos) + [-1] * (8 - len(eos))
+    return decode.DecodeInputs(
+        pad_len=batch.pad_len,
+        max_new_tokens=np.broadcast_to(np.asarray(max_new, np.int32), (rows,)).copy(),
+        active=batch.active,
+        eos_ids=np.array(eos, np.int32),
+        sampling=SamplingParams.make(rows, temperature=temperature),
+        pad_id=np.int32(PAD),
+    )
+
+
+def test_counts_exactly():
+    batch = left_pad([[1, 2, 3, 4]], PAD)
+    state = run(batch.tokens, inputs_for(batch, 4), buffer=16)
+    assert state.tokens[0, :4].tolist() == [5, 6, 7, 8]
+    assert (np.asarray(state.tokens[0, 4:]) == PAD).all()
+    assert int(state.step) == 4 and state.finish.tolist() == [decode.LENGTH]
+
+
+def test_sampled_rows_follow_a_one_hot_model_too():
+    batch = left_pad([[1, 2, 3, 4]], PAD)
+    state = run(batch.tokens, inputs_for(batch, 4, temperature=0.01), buffer=16)
+    assert state.tokens[0, :4].tolist() == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize(
+    "prompts, eos, max_new, tokens, lengths, finish, steps",
+    [
+        # row 0 meets EOS 7 after 3 tokens; row 1 runs to its budget; loop stops at the longest row's need
+        ([[3, 4], [10]], [7], [8, 5], [[5, 6, 7], [11, 12, 13, 14, 15]], [3, 5], ["eos", "length"], 5),
+        # every row ends on EOS early: the loop ends after 2 steps although the budget is 12
+        ([[5], [6]], [7, 8], [12, 12], [[6, 7], [7]], [2, 1], ["eos", "eos"], 2),
+        # several EOS ids; per-row budgets
+        ([[1], [20], [30]], [4, 33], [10, 2, 10], [[2, 3, 4], [21, 22], [31, 32, 33]], [3, 2, 3],
+         ["eos", "length", "eos"], 3),
+        # no EOS ids (ignore_eos): exactly max_new tokens
+        ([[5]], [], [6], [[6, 7, 8, 9, 10, 11]], [6], ["length"], 6),
+    ],
+)
+def test_eos_table(prompts, eos, max_new, tokens, lengths, finish, steps):
+    batch = left_pad(prompts, PAD)
+    max_new = max_new + [1] * (batch.tokens.shape[0] - len(prompts))
+    state = run(batch.tokens, inputs_for(batch, max_new, eos), buffer=16)
+    rows = len(prompts)
+    assert state.lengths[:rows].tolist() == lengths
+    for r in range(rows):
+        assert state.tokens[r, : lengths[r]].tolist() == tokens[r]
+        assert (np.asarray(state.tokens[r, lengths[r] :]) == PAD).all(), "pad after EOS"
+    assert [decode.FINISH_NAMES[int(f)] for f in state.finish[:rows]] == finish
+    assert int(state.step) == steps
+
+
+def test_cache_full_stops_the_loop():
+    batch = left_pad([[1]], PAD, length=2)
+    cache = init_cache(LLAMA_TINY, 1, 5)  # 2 prompt slots + room for 3 fed tokens
+    state = jax.jit(
+        lambda t, i, c: decode.generate_loop(fake_logits_fn, None, t, i, c, jnp.uint32(0), jnp.arange(1), 16)
+    )(batch.tokens, inputs_for(batch, 16), cache)
+    assert int(state.step) == 4 and state.finish.tolist() == [decode.LENGTH]
+    assert state.tokens[0, :4].tolist() == [2, 3, 4, 5]

@@ -1,0 +1,52 @@
+"""The model: cached decoding equals one full forward pass, and left padding does not leak."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax.kv_cache import cached_positions_and_mask, init_cache
+from gpt_jax.model import Transformer, forward, init_params
+
+from .conftest import TINY_CONFIGS
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prefill_plus_cached_steps_equal_full_forward(family):
+    cfg = TINY_CONFIGS[family]
+    params = init_params(cfg, jax.random.key(1))
+    tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, cfg.vocab_size)
+    full = forward(cfg, params, tokens)  # [B, T, V]
+
+    model = Transformer(cfg)
+    pad_len = jnp.zeros((2,), jnp.int32)
+    cache = init_cache(cfg, 2, 16)
+    positions, mask = cached_positions_and_mask(cache.index, pad_len, 5, cache.length)
+    logits, cache = model.apply({"params": params}, tokens[:, :5], positions, mask, cache)
+    steps = [logits]
+    for t in range(5, 12):
+        positions, mask = cached_positions_and_mask(cache.index, pad_len, 1, cache.length)
+        logits, cache = model.apply({"params": params}, tokens[:, t : t + 1], positions, mask, cache)
+        steps.append(logits)
+    cached = jnp.concatenate(steps, axis=1)
+    np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+    assert int(cache.index) == 12
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_left_padding_does_not_change_real_logits(family):
+    cfg = TINY_CONFIGS[family]
+    params = init_params(cfg, jax.random.key(3))
+    seq = jax.random.randint(jax.random.key(4), (1, 6), 4, cfg.vocab_size)
+    alone = forward(cfg, params, seq)
+    padded = jnp.concatenate([jnp.zeros((1, 5), jnp.int32), seq], axis=1)
+    valid = jnp.arange(11)[None] >= 5
+    np.testing.assert_allclose(forward(cfg, params, padded, valid)[:, 5:], alone, atol=1e-5, rtol=0)
+
+
+def test_gqa_differs_from_mha_and_params_are_plain_dicts():
+    cfg = TINY_CONFIGS["llama"]
+    params = init_params(cfg, jax.random.key(0))
+    assert isinstance(params, dict) and set(params) == {"embed", "final_norm", "layer_0", "layer_1", "lm_head"}
+    assert params["layer_0"]["attn"]["k_kernel"].shape == (cfg.d_model, cfg.n_kv_heads, cfg.head_dim)
+    assert params["layer_0"]["attn"]["q_kernel"].shape == (cfg.d_model, cfg.n_heads, cfg.head_dim)

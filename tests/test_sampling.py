@@ -1,0 +1,131 @@
+"""The sampler against an independent numpy reference and by the statistics of many draws."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpt_jax.sampling import SamplingParams, probabilities, row_keys, sample, step_keys
+
+from .conftest import assert_matches_distribution
+
+LOGITS = np.array([2.0, 1.5, 1.0, 0.9, 0.5, 0.0, -0.5, -1.0, -2.0, -3.0, 1.2, 0.1], np.float32)
+
+
+def reference(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
+    """Exact processed distribution, written independently with numpy (vLLM's order and conventions)."""
+    x = logits.astype(np.float64)
+    if temperature == 0:
+        out = np.zeros_like(x)
+        out[np.argmax(x)] = 1.0
+        return out
+    x = x / temperature
+    order = np.argsort(-x, kind="stable")
+    p = np.exp(x[order] - x[order].max())
+    if top_k > 0:
+        p[top_k:] = 0
+    p /= p.sum()
+    if top_p < 1:
+        crossing = int(np.argmax(np.cumsum(p) >= top_p - 1e-12))  # first rank whose prefix reaches top_p
+        p[crossing + 1 :] = 0
+        p /= p.sum()
+    p[p < min_p * p.max()] = 0
+    p /= p.sum()
+    out = np.zeros_like(p)
+    out[order] = p
+    return out
+
+
+CASES = [
+    dict(temperature=1.0),
+    dict(temperature=0.5),
+    dict(temperature=2.0),
+    dict(top_k=3),
+    dict(top_p=0.6),
+    dict(top_k=5, top_p=0.8, temperature=0.7),
+    dict(min_p=0.3),
+    dict(temperature=1.3, top_k=8, top_p=0.9, min_p=0.05),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_probabilities_equal_reference(case):
+    params = SamplingParams.make(1, **case)
+    got = np.asarray(probabilities(jnp.asarray(LOGITS)[None], params))[0]
+    np.testing.assert_allclose(got, reference(LOGITS, **case), atol=1e-6)
+
+
+def test_top_p_keeps_the_crossing_token():
+    logits = np.log(np.array([0.5, 0.3, 0.2], np.float32))
+    for top_p, kept in [(0.5, 1), (0.51, 2), (0.8, 2), (0.81, 3)]:
+        got = np.asarray(probabilities(jnp.asarray(logits)[None], SamplingParams.make(1, top_p=top_p)))[0]
+        assert (got > 0).sum() == kept, (top_p, got)
+
+
+@jax.jit
+def _draw_many(keys, logits, params):
+    return sample(keys, logits, params)[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_draw_frequencies_match_exact_probabilities(case):
+    n = 20000
+    params = SamplingParams.make(n, **case)
+    keys = jax.random.split(jax.random.key(7), n)
+    tokens = np.asarray(_draw_many(keys, jnp.broadcast_to(jnp.asarray(LOGITS), (n, len(LOGITS))), params))
+    assert_matches_distribution(tokens, reference(LOGITS, **case))
+
+
+@pytest.mark.parametrize("case", [dict(temperature=0.0), dict(top_k=1), dict(temperature=0.0, top_p=0.3)])
+def test_greedy_and_top_k_1_are_argmax(case):
+    logits = jax.random.normal(jax.random.key(0), (6, 50))
+    keys = jax.random.split(jax.random.key(1), 6)
+    tokens, logprobs = sample(keys, logits, SamplingParams.make(6, **case))
+    np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
+    np.testing.assert_allclose(logprobs, np.max(jax.nn.log_softmax(logits), axis=-1), rtol=1e-6)
+
+
+def test_logprob_is_under_the_raw_distribution():
+    logits = jnp.asarray(LOGITS)[None]
+    token, logprob = sample(jax.random.split(jax.random.key(3), 1), logits, SamplingParams.make(1, top_k=2))
+    assert np.isclose(logprob[0], jax.nn.log_softmax(logits)[0, token[0]])
+
+
+def test_keys_follow_the_design():
+    keys = row_keys(jnp.uint32(5), jnp.array([0, 7]))
+    expected = jax.random.fold_in(jax.random.key(5), 7)
+    assert jnp.array_equal(jax.random.key_data(keys[1]), jax.random.key_data(expected))
+    at3 = step_keys(keys, jnp.int32(3))
+    assert jnp.array_equal(jax.random.key_data(at3[1]), jax.random.key_data(jax.random.fold_in(expected, 3)))
+
+
+_ANY_FLOAT = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -3e38, 0.0]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(_ANY_FLOAT, min_size=16, max_size=16),
+    temperature=st.sampled_from([0.0, 1e-3, 0.7, 1.0, 50.0]),
+    top_k=st.integers(0, 20),
+    top_p=st.floats(0.01, 1.0),
+    min_p=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_hostile_logits_give_valid_tokens_and_distributions(logits, temperature, top_k, top_p, min_p, seed):
+    params = SamplingParams.make(1, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    x = jnp.asarray(np.array(logits, np.float32))[None]
+    probs = np.asarray(probabilities(x, params))[0]
+    assert np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-5
+    if top_k:
+        assert (probs > 0).sum() <= top_k
+    token, logprob = _sample_one(jax.random.split(jax.random.key(seed), 1), x, params)
+    assert 0 <= int(token[0]) < 16 and np.isfinite(logprob[0])
+    assert probs[int(token[0])] > 0
+
+
+_sample_one = jax.jit(sample)
