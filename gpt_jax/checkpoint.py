@@ -106,7 +106,8 @@ def save(
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2) + "\n")
         safetensors_io.write(tmp / WEIGHTS_FILE, tensors, metadata={"format": "np"})
         if generator.tokenizer is not None:
-            (tmp / TOKENIZER_FILE).write_bytes(generator.tokenizer.model_bytes)
+            for name, data in generator.tokenizer.files().items():
+                (tmp / name).write_bytes(data)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
     return target

@@ -73,26 +73,39 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+class SafetensorsFile:
+    """One memory-mapped safetensors file: `get(name)` is a zero-copy view, `release(name)` drops its pages."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        check(self.path.is_file(), CheckpointError, f"{self.path}: file not found")
+        self.header, self.base = read_header(self.path)
+        self.names = list(self.header)
+        self._map = None
+        if self.header:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def get(self, name: str) -> np.ndarray:
+        info = self.header[name]
+        dtype = np.dtype(DTYPES[info["dtype"]])
+        start, end = info["data_offsets"]
+        arr = np.frombuffer(self._map, dtype=dtype, count=(end - start) // dtype.itemsize, offset=self.base + start)
+        return arr.reshape(info["shape"])
+
+    def release(self, name: str) -> None:
+        """Tell the kernel the tensor's pages are no longer needed (they are reread from disk if touched again)."""
+        start, end = self.header[name]["data_offsets"]
+        page = mmap.PAGESIZE
+        lo = (self.base + start) // page * page
+        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED") and end > start:
+            self._map.madvise(mmap.MADV_DONTNEED, lo, self.base + end - lo)
+
+
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file as a read-only array backed by a memory map (no copy is made)."""
-    path = Path(path)
-    check(path.is_file(), CheckpointError, f"{path}: file not found")
-    header, base = read_header(path)
-    if not header:
-        return {}
-    with open(path, "rb") as f:
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    out = {}
-    for name, info in header.items():
-        start, end = info["data_offsets"]
-        arr = np.frombuffer(
-            buf,
-            dtype=DTYPES[info["dtype"]],
-            count=(end - start) // np.dtype(DTYPES[info["dtype"]]).itemsize,
-            offset=base + start,
-        )
-        out[name] = arr.reshape(info["shape"])
-    return out
+    f = SafetensorsFile(path)
+    return {name: f.get(name) for name in f.names}
 
 
 def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:

@@ -89,6 +89,10 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
 
+    def files(self) -> dict[str, bytes]:
+        """What a model directory stores for this tokenizer."""
+        return {"tokenizer.model": self.model_bytes}
+
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, "

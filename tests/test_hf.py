@@ -1,0 +1,177 @@
+"""Hugging Face import and export against transformers (PyTorch) on identical random weights."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import gpt_jax  # noqa: E402
+from gpt_jax import CheckpointError, Generator, checkpoint  # noqa: E402
+from gpt_jax.config import GPT2_TINY, LLAMA_TINY  # noqa: E402
+from gpt_jax.model import forward  # noqa: E402
+
+torch.set_num_threads(2)
+V = 96
+
+
+def make_hf(kind: str, directory, **overrides):
+    torch.manual_seed(0)
+    common = dict(vocab_size=overrides.pop("vocab_size", V), bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common, **overrides)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cls_cfg, cls_model = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                              "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[kind]
+        params = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6)
+        cfg = cls_cfg(**{**params, **common, **overrides})
+        model = cls_model(cfg)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(directory, safe_serialization=True)
+    return model
+
+
+VARIANTS = {
+    "gpt2": ("gpt2", {}),
+    "llama-gqa": ("llama", {"rope_theta": 500000.0}),
+    "llama-tied": ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 4}),
+    "llama-bias": ("llama", {"attention_bias": True, "mlp_bias": True}),
+    "mistral": ("mistral", {"sliding_window": 4096}),
+}
+
+PROMPTS = [[1, 5, 9, 13, 17, 21, 25, 29], [1, 7, 40], [1, 60, 61, 62, 63, 64]]
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request, tmp_path_factory):
+    kind, overrides = VARIANTS[request.param]
+    directory = tmp_path_factory.mktemp(request.param)
+    model = make_hf(kind, directory, **overrides)
+    return model, gpt_jax.load(directory), directory
+
+
+def hf_left_padded(prompts, pad=0):
+    t = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (t - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def test_logits_match_with_padding(pair):
+    model, ours, _ = pair
+    ids, mask = hf_left_padded(PROMPTS)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.numpy()
+    got = np.asarray(forward(ours.config, ours.params, ids.numpy(), mask.numpy().astype(bool)))
+    real = mask.numpy().astype(bool)
+    assert np.abs(got[real] - ref[real]).max() <= 1e-4
+
+
+def test_greedy_generation_matches_token_for_token(pair):
+    model, ours, _ = pair
+    ids, mask = hf_left_padded(PROMPTS)
+    with torch.no_grad():
+        ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=32,
+                             pad_token_id=0, eos_token_id=None)[:, ids.shape[1]:].tolist()
+    got = ours.generate_ids(PROMPTS, max_new_tokens=32, temperature=0.0, ignore_eos=True).token_ids
+    assert got == ref
+
+
+def test_config_fields_are_mapped(pair):
+    model, ours, _ = pair
+    cfg = ours.config
+    if model.config.model_type == "gpt2":
+        assert (cfg.norm, cfg.position, cfg.activation, cfg.tie_embeddings) == ("layernorm", "learned", "gelu_tanh", True)
+    else:
+        assert cfg.n_kv_heads == model.config.num_key_value_heads
+        assert cfg.tie_embeddings == model.config.tie_word_embeddings
+        assert cfg.norm_eps == model.config.rms_norm_eps
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_export_round_trip(family, tmp_path):
+    cfg = {"llama": LLAMA_TINY, "gpt2": GPT2_TINY}[family]
+    g = Generator.from_config(cfg.replace(max_seq_len=64), key=3)
+    checkpoint.save(g, tmp_path / "hf", format="hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([PROMPTS[0][:6], [1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    got = np.asarray(forward(g.config, g.params, ids.numpy()))
+    assert np.abs(got - ref).max() <= 1e-4
+    again = gpt_jax.load(tmp_path / "hf")
+    assert np.abs(np.asarray(forward(again.config, again.params, ids.numpy())) - got).max() <= 1e-6
+
+
+def test_bf16_and_fp16_checkpoints_load_into_a_chosen_dtype(tmp_path):
+    model = make_hf("llama", tmp_path / "bf16")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", safe_serialization=True)
+    g32 = gpt_jax.load(tmp_path / "bf16")
+    assert g32.params["embed"].dtype == np.float32
+    ref = model.model.embed_tokens.weight.detach().float().numpy()
+    assert np.array_equal(np.asarray(g32.params["embed"]), ref)
+    g16 = gpt_jax.load(tmp_path / "bf16", dtype="bfloat16")
+    assert g16.params["embed"].dtype == np.dtype("bfloat16")
+    model.to(torch.float16).save_pretrained(tmp_path / "fp16", safe_serialization=True)
+    assert gpt_jax.load(tmp_path / "fp16").params["lm_head"].dtype == np.float32
+
+
+def test_sharded_checkpoint_loads_and_missing_shard_is_named(tmp_path):
+    model = make_hf("llama", tmp_path / "sharded")
+    model.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="30KB")
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    (tmp_path / "sharded" / "model.safetensors").unlink(missing_ok=True)
+    g = gpt_jax.load(tmp_path / "sharded")
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    assert np.abs(np.asarray(forward(g.config, g.params, ids.numpy())) - ref).max() <= 1e-4
+    (tmp_path / "sharded" / shards[1]).unlink()
+    with pytest.raises(CheckpointError, match=f"{shards[1]}: missing shard"):
+        gpt_jax.load(tmp_path / "sharded")
+
+
+def test_unsupported_and_damaged_directories(tmp_path):
+    make_hf("llama", tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    raw = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**raw, "model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="unsupported model_type 'bert'"):
+        gpt_jax.load(tmp_path / "m")
+    cfg_path.write_text(json.dumps({**raw, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}))
+    with pytest.raises(CheckpointError, match="rope scaling type 'yarn' is not supported"):
+        gpt_jax.load(tmp_path / "m")
+    cfg_path.write_text(json.dumps({**raw, "intermediate_size": 48}))
+    with pytest.raises(CheckpointError, match="gate_proj.weight' converts to shape"):
+        gpt_jax.load(tmp_path / "m")
+
+
+def test_gpt2_byte_level_tokenizer(tmp_path, corpus_slice):
+    tokenizers = pytest.importorskip("tokenizers")
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train([str(corpus_slice)], vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"])
+    make_hf("gpt2", tmp_path / "g", vocab_size=320)
+    bpe.save_model(str(tmp_path / "g"))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "g")
+    g = gpt_jax.load(tmp_path / "g")
+    for text in ["Hello there, ROMEO!", "繁體中文 😀 café", "  spaced\n\nlines"]:
+        ids = g.tokenizer.encode(text)
+        assert ids == hf_tok.encode(text)
+        assert g.tokenizer.decode(ids) == hf_tok.decode(ids) == text
+    out = g.generate("ROMEO:", max_new_tokens=5, seed=0, ignore_eos=True)
+    assert len(out.token_ids[0]) == 5 and isinstance(out.texts[0], str)
+
+
+def test_directory_without_tokenizer_still_loads(pair):
+    _, ours, directory = pair
+    if ours.tokenizer is None:
+        with pytest.raises(gpt_jax.TokenizerError, match="without a tokenizer"):
+            ours.generate("hi")
