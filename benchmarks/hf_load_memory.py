@@ -34,8 +34,15 @@ def make_checkpoint(directory: Path) -> None:
     import torch
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
-                                   num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048)
+    cfg = transformers.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(directory, safe_serialization=True)
 
@@ -51,9 +58,12 @@ def main() -> None:
     size_mb = sum(p.stat().st_size for p in directory.glob("*.safetensors")) / 2**20
     out = subprocess.run([sys.executable, "-c", CHILD, str(directory)], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result.update(checkpoint_mb=size_mb, peak_over_size=result["peak_rss_mb"] / size_mb,
-                  growth_over_size=(result["peak_rss_mb"] - result["rss_before_mb"]) / size_mb,
-                  machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}")
+    result.update(
+        checkpoint_mb=size_mb,
+        peak_over_size=result["peak_rss_mb"] / size_mb,
+        growth_over_size=(result["peak_rss_mb"] - result["rss_before_mb"]) / size_mb,
+        machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+    )
     print(json.dumps(result, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -17,8 +17,9 @@ from gpt_jax.tokenizer import Tokenizer
 
 def byte_stand_ins() -> dict[str, int]:
     """GPT-2's map from printable stand-in character to byte value."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -37,8 +38,11 @@ class ByteLevelBPETokenizer(Tokenizer):
         self._files = files
         self.model_bytes = None
         self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
-        check(self.vocab_size <= config.vocab_size, TokenizerError,
-              f"tokenizer has {self.vocab_size} tokens but the model's embedding has {config.vocab_size} rows")
+        check(
+            self.vocab_size <= config.vocab_size,
+            TokenizerError,
+            f"tokenizer has {self.vocab_size} tokens but the model's embedding has {config.vocab_size} rows",
+        )
         self.bos_id = config.bos_id
         self.eos_id = config.eos_ids[0] if config.eos_ids else -1
         self.pad_id, self.unk_id = config.pad_id, -1
@@ -64,8 +68,10 @@ class ByteLevelBPETokenizer(Tokenizer):
         try:
             import tokenizers
         except ImportError:
-            raise TokenizerError(f"{directory} holds a GPT-2 byte-level BPE tokenizer, which needs the optional "
-                                 "'tokenizers' package: pip install tokenizers") from None
+            raise TokenizerError(
+                f"{directory} holds a GPT-2 byte-level BPE tokenizer, which needs the optional "
+                "'tokenizers' package: pip install tokenizers"
+            ) from None
         try:
             if (directory / "tokenizer.json").is_file():
                 data = (directory / "tokenizer.json").read_bytes()

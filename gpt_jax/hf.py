@@ -25,15 +25,23 @@ from gpt_jax.generate import Generator
 from gpt_jax.tokenizer import Tokenizer
 
 SUPPORTED = ("gpt2", "llama", "mistral")
-GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-                    "gelu_fast": "gelu_tanh"}
+GPT2_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "gelu_fast": "gelu_tanh",
+}
 
 
 def _rope_theta(raw: dict, source: str) -> float:
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     kind = rope.get("rope_type", rope.get("type", "default"))
-    check(kind == "default", ConfigError,
-          f"{source}: rope scaling type {kind!r} is not supported (only unscaled rotary embeddings)")
+    check(
+        kind == "default",
+        ConfigError,
+        f"{source}: rope scaling type {kind!r} is not supported (only unscaled rotary embeddings)",
+    )
     return float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
 
 
@@ -54,18 +62,36 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
         if kind == "gpt2":
             act = raw.get("activation_function", "gelu_new")
             check(act in GPT2_ACTIVATIONS, ConfigError, f"{source}: activation_function {act!r} is not supported")
-            check(not raw.get("scale_attn_by_inverse_layer_idx", False), ConfigError,
-                  f"{source}: scale_attn_by_inverse_layer_idx=true is not supported")
-            check(raw.get("scale_attn_weights", True), ConfigError, f"{source}: scale_attn_weights=false is not supported")
+            check(
+                not raw.get("scale_attn_by_inverse_layer_idx", False),
+                ConfigError,
+                f"{source}: scale_attn_by_inverse_layer_idx=true is not supported",
+            )
+            check(
+                raw.get("scale_attn_weights", True), ConfigError, f"{source}: scale_attn_weights=false is not supported"
+            )
             d = raw["n_embd"]
             eos = eos or (50256,)
             return ModelConfig(
-                vocab_size=raw["vocab_size"], d_model=d, n_layers=raw["n_layer"], n_heads=raw["n_head"],
-                mlp_dim=raw.get("n_inner") or 4 * d, max_seq_len=raw["n_positions"], norm="layernorm",
-                norm_eps=raw.get("layer_norm_epsilon", 1e-5), position="learned", mlp="gelu",
-                activation=GPT2_ACTIVATIONS[act], tie_embeddings=raw.get("tie_word_embeddings", True),
-                attn_bias=True, mlp_bias=True, bos_id=-1 if bos is None else bos, eos_ids=eos,
-                pad_id=raw.get("pad_token_id") if raw.get("pad_token_id") is not None else eos[0], add_bos=False)
+                vocab_size=raw["vocab_size"],
+                d_model=d,
+                n_layers=raw["n_layer"],
+                n_heads=raw["n_head"],
+                mlp_dim=raw.get("n_inner") or 4 * d,
+                max_seq_len=raw["n_positions"],
+                norm="layernorm",
+                norm_eps=raw.get("layer_norm_epsilon", 1e-5),
+                position="learned",
+                mlp="gelu",
+                activation=GPT2_ACTIVATIONS[act],
+                tie_embeddings=raw.get("tie_word_embeddings", True),
+                attn_bias=True,
+                mlp_bias=True,
+                bos_id=-1 if bos is None else bos,
+                eos_ids=eos,
+                pad_id=raw.get("pad_token_id") if raw.get("pad_token_id") is not None else eos[0],
+                add_bos=False,
+            )
         act = raw.get("hidden_act", "silu")
         check(act == "silu", ConfigError, f"{source}: hidden_act {act!r} is not supported (silu only)")
         max_len = raw.get("max_position_embeddings", 2048)
@@ -76,14 +102,28 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
         eos = eos or (2,)
         pad = raw.get("pad_token_id")
         return ModelConfig(
-            vocab_size=raw["vocab_size"], d_model=raw["hidden_size"], n_layers=raw["num_hidden_layers"],
-            n_heads=n_heads, n_kv_heads=raw.get("num_key_value_heads") or n_heads,
-            head_dim=raw.get("head_dim") or raw["hidden_size"] // n_heads, mlp_dim=raw["intermediate_size"],
-            max_seq_len=max_len, norm="rmsnorm", norm_eps=raw.get("rms_norm_eps", 1e-6), position="rope",
-            rope_theta=_rope_theta(raw, source), mlp="swiglu", activation="silu",
-            tie_embeddings=raw.get("tie_word_embeddings", False), attn_bias=raw.get("attention_bias", False),
-            mlp_bias=raw.get("mlp_bias", False), bos_id=-1 if bos is None else bos, eos_ids=eos,
-            pad_id=pad if pad is not None and pad >= 0 else eos[0], add_bos=bos is not None)
+            vocab_size=raw["vocab_size"],
+            d_model=raw["hidden_size"],
+            n_layers=raw["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=raw.get("num_key_value_heads") or n_heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // n_heads,
+            mlp_dim=raw["intermediate_size"],
+            max_seq_len=max_len,
+            norm="rmsnorm",
+            norm_eps=raw.get("rms_norm_eps", 1e-6),
+            position="rope",
+            rope_theta=_rope_theta(raw, source),
+            mlp="swiglu",
+            activation="silu",
+            tie_embeddings=raw.get("tie_word_embeddings", False),
+            attn_bias=raw.get("attention_bias", False),
+            mlp_bias=raw.get("mlp_bias", False),
+            bos_id=-1 if bos is None else bos,
+            eos_ids=eos,
+            pad_id=pad if pad is not None and pad >= 0 else eos[0],
+            add_bos=bos is not None,
+        )
     except KeyError as e:
         raise CheckpointError(f"{source}: missing field {e.args[0]!r} for model_type {kind!r}") from None
     except ConfigError as e:
@@ -101,8 +141,7 @@ def _same(x, cfg):
 
 def _linear_in(heads_of: Callable[[ModelConfig], int]):
     """torch Linear [heads*H, D] <-> ours [D, heads, H]."""
-    return (lambda w, c: w.T.reshape(c.d_model, heads_of(c), c.head_dim),
-            lambda w, c: w.reshape(c.d_model, -1).T)
+    return (lambda w, c: w.T.reshape(c.d_model, heads_of(c), c.head_dim), lambda w, c: w.reshape(c.d_model, -1).T)
 
 
 def _linear_out():
@@ -120,8 +159,10 @@ def _heads_bias(heads_of):
 
 def llama_mapping(cfg: ModelConfig) -> Mapping:
     n, k = (lambda c: c.n_heads), (lambda c: c.n_kv_heads)
-    m: Mapping = {"embed": ("model.embed_tokens.weight", _same, _same),
-                  "final_norm.scale": ("model.norm.weight", _same, _same)}
+    m: Mapping = {
+        "embed": ("model.embed_tokens.weight", _same, _same),
+        "final_norm.scale": ("model.norm.weight", _same, _same),
+    }
     if not cfg.tie_embeddings:
         m["lm_head"] = ("lm_head.weight", *_transpose())
     for i in range(cfg.n_layers):
@@ -144,10 +185,12 @@ def llama_mapping(cfg: ModelConfig) -> Mapping:
 
 def gpt2_mapping(cfg: ModelConfig) -> Mapping:
     """GPT-2's fused c_attn [D, 3D] is split into q, k, v below (see `_gpt2_split`); the rest maps one to one."""
-    m: Mapping = {"embed": ("transformer.wte.weight", _same, _same),
-                  "pos_embed": ("transformer.wpe.weight", _same, _same),
-                  "final_norm.scale": ("transformer.ln_f.weight", _same, _same),
-                  "final_norm.bias": ("transformer.ln_f.bias", _same, _same)}
+    m: Mapping = {
+        "embed": ("transformer.wte.weight", _same, _same),
+        "pos_embed": ("transformer.wpe.weight", _same, _same),
+        "final_norm.scale": ("transformer.ln_f.weight", _same, _same),
+        "final_norm.bias": ("transformer.ln_f.bias", _same, _same),
+    }
     if not cfg.tie_embeddings:
         m["lm_head"] = ("lm_head.weight", *_transpose())
     for i in range(cfg.n_layers):
@@ -155,8 +198,11 @@ def gpt2_mapping(cfg: ModelConfig) -> Mapping:
         for norm, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
             m[us + f"{norm}.scale"] = (hf + f"{theirs}.weight", _same, _same)
             m[us + f"{norm}.bias"] = (hf + f"{theirs}.bias", _same, _same)
-        m[us + "attn.o_kernel"] = (hf + "attn.c_proj.weight", lambda w, c: w.reshape(c.n_heads, c.head_dim, -1),
-                                   lambda w, c: w.reshape(-1, c.d_model))
+        m[us + "attn.o_kernel"] = (
+            hf + "attn.c_proj.weight",
+            lambda w, c: w.reshape(c.n_heads, c.head_dim, -1),
+            lambda w, c: w.reshape(-1, c.d_model),
+        )
         m[us + "attn.o_bias"] = (hf + "attn.c_proj.bias", _same, _same)
         m[us + "mlp.up_kernel"] = (hf + "mlp.c_fc.weight", _same, _same)  # Conv1D: already [in, out]
         m[us + "mlp.up_bias"] = (hf + "mlp.c_fc.bias", _same, _same)
@@ -187,12 +233,19 @@ class _WeightFiles:
                 raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
             shards = sorted(set(weight_map.values()))
             for shard in shards:
-                check((directory / shard).is_file(), CheckpointError, f"{directory / shard}: missing shard named in {index.name}")
+                check(
+                    (directory / shard).is_file(),
+                    CheckpointError,
+                    f"{directory / shard}: missing shard named in {index.name}",
+                )
         else:
             bins = [p.name for p in directory.glob("*.bin")]
-            check(single.is_file(), CheckpointError,
-                  f"{single}: missing" + (f" (found {bins}: pickle weights are never loaded; convert to safetensors)"
-                                         if bins else ""))
+            check(
+                single.is_file(),
+                CheckpointError,
+                f"{single}: missing"
+                + (f" (found {bins}: pickle weights are never loaded; convert to safetensors)" if bins else ""),
+            )
             shards = [single.name]
         self.files = [safetensors_io.SafetensorsFile(directory / s) for s in shards]
         self.where = {name: f for f in self.files for name in f.names}
@@ -234,8 +287,11 @@ def load(directory: Path, raw: dict, dtype: str | None = None) -> Generator:
 
     def put(ours: str, array: np.ndarray, hf_name: str) -> None:
         want = tuple(expected[ours].shape)
-        check(tuple(array.shape) == want, CheckpointError,
-              f"{directory}: weight {hf_name!r} converts to shape {tuple(array.shape)}, expected {want} for {ours!r}")
+        check(
+            tuple(array.shape) == want,
+            CheckpointError,
+            f"{directory}: weight {hf_name!r} converts to shape {tuple(array.shape)}, expected {want} for {ours!r}",
+        )
         flat[ours] = jnp.asarray(np.asarray(array, dtype=np.float32) if array.dtype != target else array, dtype=target)
 
     for ours, (hf_name, to_ours, _) in mapping.items():
@@ -243,8 +299,10 @@ def load(directory: Path, raw: dict, dtype: str | None = None) -> Generator:
         try:
             converted = to_ours(w, config)
         except ValueError:
-            raise CheckpointError(f"{directory}: weight {hf_name!r} has shape {tuple(w.shape)}, which does not fit "
-                                  f"{ours!r} {tuple(expected[ours].shape)}") from None
+            raise CheckpointError(
+                f"{directory}: weight {hf_name!r} has shape {tuple(w.shape)}, which does not fit "
+                f"{ours!r} {tuple(expected[ours].shape)}"
+            ) from None
         put(ours, converted, hf_name)
         files.where[present[hf_name]].release(present[hf_name])
     if config.position == "learned":
@@ -252,9 +310,12 @@ def load(directory: Path, raw: dict, dtype: str | None = None) -> Generator:
             for p in ("weight", "bias"):
                 name = f"transformer.h.{i}.attn.c_attn.{p}"
                 w = take(name)
-                check(w.shape[-1] == 3 * config.n_heads * config.head_dim, CheckpointError,
-                      f"{directory}: weight {name!r} has shape {tuple(w.shape)}, expected last axis "
-                      f"{3 * config.n_heads * config.head_dim}")
+                check(
+                    w.shape[-1] == 3 * config.n_heads * config.head_dim,
+                    CheckpointError,
+                    f"{directory}: weight {name!r} has shape {tuple(w.shape)}, expected last axis "
+                    f"{3 * config.n_heads * config.head_dim}",
+                )
                 for ours, part in _gpt2_split(name, w, config).items():
                     put(ours, part, name)
                 files.where[present[name]].release(present[name])
@@ -283,39 +344,70 @@ def export_tensors(config: ModelConfig, params: dict) -> tuple[dict, dict[str, n
 
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     eos = list(config.eos_ids)
-    common = {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings,
-              "bos_token_id": None if config.bos_id < 0 else config.bos_id,
-              "eos_token_id": eos[0] if len(eos) == 1 else eos, "pad_token_id": config.pad_id,
-              "torch_dtype": config.dtype}
+    common = {
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": None if config.bos_id < 0 else config.bos_id,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+        "pad_token_id": config.pad_id,
+        "torch_dtype": config.dtype,
+    }
     llama_like = (config.norm, config.position, config.mlp, config.activation) == ("rmsnorm", "rope", "swiglu", "silu")
-    gpt2_like = (config.norm, config.position, config.mlp) == ("layernorm", "learned", "gelu") and \
-        config.attn_bias and config.mlp_bias and config.activation in ("gelu_tanh", "gelu", "relu")
-    check(llama_like or gpt2_like, CheckpointError,
-          "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu) or GPT-2-style (layernorm, learned "
-          "positions, gelu MLP, biases) config")
+    gpt2_like = (
+        (config.norm, config.position, config.mlp) == ("layernorm", "learned", "gelu")
+        and config.attn_bias
+        and config.mlp_bias
+        and config.activation in ("gelu_tanh", "gelu", "relu")
+    )
+    check(
+        llama_like or gpt2_like,
+        CheckpointError,
+        "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu) or GPT-2-style (layernorm, learned "
+        "positions, gelu MLP, biases) config",
+    )
     if llama_like:
-        hf_config = {**common, "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                     "hidden_size": config.d_model, "intermediate_size": config.mlp_dim,
-                     "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
-                     "num_key_value_heads": config.n_kv_heads, "head_dim": config.head_dim,
-                     "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
-                     "rope_theta": config.rope_theta, "hidden_act": "silu", "attention_bias": config.attn_bias,
-                     "mlp_bias": config.mlp_bias}
+        hf_config = {
+            **common,
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": config.d_model,
+            "intermediate_size": config.mlp_dim,
+            "num_hidden_layers": config.n_layers,
+            "num_attention_heads": config.n_heads,
+            "num_key_value_heads": config.n_kv_heads,
+            "head_dim": config.head_dim,
+            "max_position_embeddings": config.max_seq_len,
+            "rms_norm_eps": config.norm_eps,
+            "rope_theta": config.rope_theta,
+            "hidden_act": "silu",
+            "attention_bias": config.attn_bias,
+            "mlp_bias": config.mlp_bias,
+        }
         mapping = llama_mapping(config)
     else:
         check(config.tie_embeddings, CheckpointError, "format='hf' for GPT-2 style needs tied embeddings")
         act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
-        hf_config = {**common, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": config.d_model,
-                     "n_layer": config.n_layers, "n_head": config.n_heads, "n_inner": config.mlp_dim,
-                     "n_positions": config.max_seq_len, "layer_norm_epsilon": config.norm_eps,
-                     "activation_function": act}
+        hf_config = {
+            **common,
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "n_embd": config.d_model,
+            "n_layer": config.n_layers,
+            "n_head": config.n_heads,
+            "n_inner": config.mlp_dim,
+            "n_positions": config.max_seq_len,
+            "layer_norm_epsilon": config.norm_eps,
+            "activation_function": act,
+        }
         mapping = gpt2_mapping(config)
     tensors = {hf: to_hf(flat[ours], config) for ours, (hf, _, to_hf) in mapping.items()}
     if gpt2_like:
         for i in range(config.n_layers):
             a = f"layer_{i}.attn."
             tensors[f"transformer.h.{i}.attn.c_attn.weight"] = np.concatenate(
-                [flat[a + f"{p}_kernel"].reshape(config.d_model, -1) for p in "qkv"], axis=-1)
+                [flat[a + f"{p}_kernel"].reshape(config.d_model, -1) for p in "qkv"], axis=-1
+            )
             tensors[f"transformer.h.{i}.attn.c_attn.bias"] = np.concatenate(
-                [flat[a + f"{p}_bias"].reshape(-1) for p in "qkv"], axis=-1)
+                [flat[a + f"{p}_bias"].reshape(-1) for p in "qkv"], axis=-1
+            )
     return hf_config, tensors

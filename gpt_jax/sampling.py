@@ -10,7 +10,7 @@ Axes: B batch, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.struct
 import jax
@@ -56,32 +56,73 @@ def sanitize(logits: jax.Array) -> jax.Array:
     return jnp.clip(x, -LOGIT_LIMIT, LOGIT_LIMIT)
 
 
+def _sortable(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order, so a threshold can be bisected exactly over all 2**32 values."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _largest_threshold(enough: Callable[[jax.Array], jax.Array], rows: int) -> jax.Array:
+    """Per row, the largest uint32 t with enough(t) [B] true; `enough` must be true up to some t, then false.
+
+    Returns 0 where even enough(0) is false. Exactly 32 halvings of the 2**32 range.
+    """
+    lo = jnp.zeros((rows,), jnp.uint32)
+    hi = jnp.full((rows,), 0xFFFFFFFF, jnp.uint32)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        gap = hi - lo
+        mid = lo + (gap >> 1) + (gap & 1)  # rounds up, so lo < mid <= hi while lo < hi
+        ok = enough(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    return jax.lax.fori_loop(0, 32, body, (lo, hi))[0]
+
+
+def _keep_top(keys: jax.Array, weights: jax.Array, budget: jax.Array) -> jax.Array:
+    """[B, V] mask: token i is kept when the weight ranked above it is < budget [B].
+
+    Ranking is by key, descending, ties broken by lower id (a stable sort's order). With weight 1 this is top-k;
+    with probabilities it is top-p (the crossing token is kept). Sort-free: the boundary key is found by bisection,
+    and only the tied group at the boundary needs a cumulative sum.
+    """
+
+    def above(t):  # [B] weight of the tokens whose key is > t
+        return jnp.sum(jnp.where(keys > t[:, None], weights, 0), axis=-1)
+
+    # The boundary key b is the smallest key whose strictly-above weight is < budget; all of b's tied group may stay.
+    boundary = _largest_threshold(lambda t: above(t) >= budget, keys.shape[0]) + 1
+    boundary = jnp.where(above(jnp.zeros_like(boundary)) < budget, 0, boundary)  # everything fits
+    tied = keys == boundary[:, None]
+    tied_weight = jnp.where(tied, weights, 0)
+    before_in_tie = jnp.cumsum(tied_weight, axis=-1) - tied_weight
+    return (keys > boundary[:, None]) | (tied & (above(boundary)[:, None] + before_in_tie < budget[:, None]))
+
+
+def _filter(x: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """Sanitized logits [B, V] -> (scaled logits, keep mask), in DESIGN order: temperature, top-k, top-p, min-p."""
+    v = x.shape[-1]
+    greedy = params.temperature <= 0
+    temperature = jnp.where(greedy, 1.0, params.temperature)
+    scaled = jnp.clip(x / temperature[:, None], -SCALED_LIMIT, SCALED_LIMIT)
+    keys = _sortable(scaled)
+    top_k = jnp.where((params.top_k > 0) & ~greedy, jnp.minimum(params.top_k, v), jnp.where(greedy, 1, v))
+    keep = _keep_top(keys, jnp.ones_like(scaled), top_k.astype(jnp.float32))
+    probs = jax.nn.softmax(jnp.where(keep, scaled, MASK_VALUE), axis=-1)
+    top_p = jnp.where(params.top_p >= 1.0, 2.0, params.top_p)  # 1 means off (float rounding must not drop tokens)
+    keep &= _keep_top(_sortable(probs), probs, top_p)
+    keep &= probs >= params.min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
+    return scaled, keep
+
+
 def process_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     """[B, V] raw logits -> [B, V] processed logits; removed tokens hold MASK_VALUE.
 
     Greedy rows (temperature 0) keep only their argmax.
     """
-    x = sanitize(logits)
-    b, v = x.shape
-    greedy = params.temperature <= 0
-    temperature = jnp.where(greedy, 1.0, params.temperature)
-    scaled = jnp.clip(x / temperature[:, None], -SCALED_LIMIT, SCALED_LIMIT)
-
-    order = jnp.argsort(-scaled, axis=-1, stable=True)  # [B, V], descending; ties by lower id
-    ranked = jnp.take_along_axis(scaled, order, axis=-1)
-    rank = jnp.arange(v)[None, :]
-    top_k = jnp.where(params.top_k > 0, params.top_k, v)
-    keep = rank < top_k[:, None]
-    probs = jax.nn.softmax(jnp.where(keep, ranked, MASK_VALUE), axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each token
-    keep &= (before < params.top_p[:, None]) | (params.top_p[:, None] >= 1.0)  # the crossing token is kept
-    keep &= probs >= params.min_p[:, None] * probs[:, :1]
-    keep &= (rank == 0) | ~greedy[:, None]
-    keep = keep.at[:, 0].set(True)
-
-    rows = jnp.arange(b)[:, None]
-    keep_by_id = jnp.zeros_like(keep).at[rows, order].set(keep)
-    return jnp.where(keep_by_id, scaled, MASK_VALUE)
+    scaled, keep = _filter(sanitize(logits), params)
+    return jnp.where(keep, scaled, MASK_VALUE)
 
 
 def probabilities(logits: jax.Array, params: SamplingParams) -> jax.Array:
@@ -89,19 +130,30 @@ def probabilities(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return jax.nn.softmax(process_logits(logits, params), axis=-1)
 
 
+def _draw(keys: jax.Array, x: jax.Array, params: SamplingParams) -> jax.Array:
+    """Inverse-CDF draw over the kept tokens in id order: one uniform per row, no sort."""
+    scaled, keep = _filter(x, params)
+    weights = jnp.where(keep, jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True)), 0.0)
+    cdf = jnp.cumsum(weights, axis=-1)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+    token = jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1)
+    return jnp.minimum(token, x.shape[-1] - 1)
+
+
 def sample(keys: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
     """One token per row from its own key. keys: [B]; logits: [B, V] -> tokens [B] int32, logprobs [B].
 
     The log-probability is under the model's unprocessed distribution (log_softmax of the raw logits), so it means
-    the same whatever the sampling settings.
+    the same whatever the sampling settings. A batch of greedy rows skips the filters entirely.
     """
-    processed = process_logits(logits, params)
-    drawn = jax.vmap(jax.random.categorical)(keys, jax.nn.log_softmax(processed, axis=-1))
-    greedy = jnp.argmax(processed, axis=-1)
-    tokens = jnp.where(params.temperature <= 0, greedy, drawn).astype(jnp.int32)
-    tokens = jnp.clip(tokens, 0, logits.shape[-1] - 1)
-    raw_logprobs = jax.nn.log_softmax(sanitize(logits), axis=-1)
-    return tokens, jnp.take_along_axis(raw_logprobs, tokens[:, None], axis=-1)[:, 0]
+    x = sanitize(logits)
+    greedy = jnp.argmax(x, axis=-1).astype(jnp.int32)
+    drawn = jax.lax.cond(
+        jnp.all(params.temperature <= 0), lambda: greedy, lambda: _draw(keys, x, params).astype(jnp.int32)
+    )
+    tokens = jnp.where(params.temperature <= 0, greedy, drawn)
+    logprobs = jax.nn.log_softmax(x, axis=-1)
+    return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
 
 
 def row_keys(seed: jax.Array, row_seeds: jax.Array) -> jax.Array:

@@ -242,9 +242,12 @@ class Trainer:
         check(len(opt) == len(leaves), InputError, f"{directory}: optimizer state does not match")
         restored = [jnp.array(opt[str(i)]) for i in range(len(leaves))]
         for i, (want, got) in enumerate(zip(leaves, restored)):
-            check(want.shape == got.shape and want.dtype == got.dtype, InputError,
-                  f"{directory / OPT_FILE}: optimizer leaf {i} is {got.dtype}{list(got.shape)}, "
-                  f"expected {want.dtype}{list(want.shape)}")
+            check(
+                want.shape == got.shape and want.dtype == got.dtype,
+                InputError,
+                f"{directory / OPT_FILE}: optimizer leaf {i} is {got.dtype}{list(got.shape)}, "
+                f"expected {want.dtype}{list(want.shape)}",
+            )
         self.opt_state = jax.tree_util.tree_unflatten(treedef, restored)
         self.params = jax.tree_util.tree_map(jnp.array, loaded.params)
         self.step, self.history = state["step"], state["history"]

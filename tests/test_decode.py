@@ -25,7 +25,9 @@ def fake_logits_fn(params, tokens, positions, mask, cache):
 @functools.partial(jax.jit, static_argnames="buffer")
 def run(tokens, inputs, *, buffer):
     cache = init_cache(LLAMA_TINY, tokens.shape[0], tokens.shape[1] + buffer)
-    return decode.generate_loop(fake_logits_fn, None, tokens, inputs, cache, jnp.uint32(0), jnp.arange(tokens.shape[0]), buffer)
+    return decode.generate_loop(
+        fake_logits_fn, None, tokens, inputs, cache, jnp.uint32(0), jnp.arange(tokens.shape[0]), buffer
+    )
 
 
 def inputs_for(batch, max_new, eos=(), temperature=0.0):
@@ -63,8 +65,15 @@ def test_sampled_rows_follow_a_one_hot_model_too():
         # every row ends on EOS early: the loop ends after 2 steps although the budget is 12
         ([[5], [6]], [7, 8], [12, 12], [[6, 7], [7]], [2, 1], ["eos", "eos"], 2),
         # several EOS ids; per-row budgets
-        ([[1], [20], [30]], [4, 33], [10, 2, 10], [[2, 3, 4], [21, 22], [31, 32, 33]], [3, 2, 3],
-         ["eos", "length", "eos"], 3),
+        (
+            [[1], [20], [30]],
+            [4, 33],
+            [10, 2, 10],
+            [[2, 3, 4], [21, 22], [31, 32, 33]],
+            [3, 2, 3],
+            ["eos", "length", "eos"],
+            3,
+        ),
         # no EOS ids (ignore_eos): exactly max_new tokens
         ([[5]], [], [6], [[6, 7, 8, 9, 10, 11]], [6], ["length"], 6),
     ],

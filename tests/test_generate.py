@@ -51,8 +51,16 @@ def test_no_recompilation_within_a_bucket():
     g = Generator.from_config(LLAMA_TINY, key=jax.random.key(0))
     g.generate_ids([[1, 2, 3]], max_new_tokens=10, temperature=0.0)
     assert g.trace_count == 1
-    g.generate_ids([[1, 2, 3, 4, 5, 6, 7, 8, 9]], max_new_tokens=13, temperature=0.7, top_k=5, top_p=0.8, min_p=0.1,
-                   seed=9, ignore_eos=True)
+    g.generate_ids(
+        [[1, 2, 3, 4, 5, 6, 7, 8, 9]],
+        max_new_tokens=13,
+        temperature=0.7,
+        top_k=5,
+        top_p=0.8,
+        min_p=0.1,
+        seed=9,
+        ignore_eos=True,
+    )
     assert g.trace_count == 1
     g.generate_ids([list(range(1, 20))], max_new_tokens=10)  # next prompt bucket (32): one new program
     assert g.trace_count == 2
@@ -121,8 +129,12 @@ def test_generate_text_matches_generate_ids(small_tokenizer):
     cfg = LLAMA_TINY.replace(vocab_size=320, pad_id=3)
     g = Generator.from_config(cfg, small_tokenizer, jax.random.key(5))
     out = g.generate(["ROMEO:", "JULIET: O"], max_new_tokens=12, seed=0, ignore_eos=True)
-    ids = g.generate_ids([small_tokenizer.encode("ROMEO:"), small_tokenizer.encode("JULIET: O")],
-                         max_new_tokens=12, seed=0, ignore_eos=True)
+    ids = g.generate_ids(
+        [small_tokenizer.encode("ROMEO:"), small_tokenizer.encode("JULIET: O")],
+        max_new_tokens=12,
+        seed=0,
+        ignore_eos=True,
+    )
     assert out.token_ids == ids.token_ids
     for prompt, text, new in zip(["ROMEO:", "JULIET: O"], out.texts, out.token_ids):
         full = small_tokenizer.decode(small_tokenizer.encode(prompt) + new)

@@ -8,10 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import gpt_jax  # noqa: E402
-from gpt_jax import CheckpointError, Generator, checkpoint  # noqa: E402
-from gpt_jax.config import GPT2_TINY, LLAMA_TINY  # noqa: E402
-from gpt_jax.model import forward  # noqa: E402
+import gpt_jax
+from gpt_jax import CheckpointError, Generator, checkpoint
+from gpt_jax.config import GPT2_TINY, LLAMA_TINY
+from gpt_jax.model import forward
 
 torch.set_num_threads(2)
 V = 96
@@ -19,15 +19,26 @@ V = 96
 
 def make_hf(kind: str, directory, **overrides):
     torch.manual_seed(0)
-    common = dict(vocab_size=overrides.pop("vocab_size", V), bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1)
+    common = dict(
+        vocab_size=overrides.pop("vocab_size", V), bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1
+    )
     if kind == "gpt2":
         cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common, **overrides)
         model = transformers.GPT2LMHeadModel(cfg)
     else:
-        cls_cfg, cls_model = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                              "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[kind]
-        params = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6)
+        cls_cfg, cls_model = {
+            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+            "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        }[kind]
+        params = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            rms_norm_eps=1e-6,
+        )
         cfg = cls_cfg(**{**params, **common, **overrides})
         model = cls_model(cfg)
     model.eval()
@@ -77,8 +88,9 @@ def test_greedy_generation_matches_token_for_token(pair):
     model, ours, _ = pair
     ids, mask = hf_left_padded(PROMPTS)
     with torch.no_grad():
-        ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=32,
-                             pad_token_id=0, eos_token_id=None)[:, ids.shape[1]:].tolist()
+        ref = model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=32, pad_token_id=0, eos_token_id=None
+        )[:, ids.shape[1] :].tolist()
     got = ours.generate_ids(PROMPTS, max_new_tokens=32, temperature=0.0, ignore_eos=True).token_ids
     assert got == ref
 
@@ -87,7 +99,12 @@ def test_config_fields_are_mapped(pair):
     model, ours, _ = pair
     cfg = ours.config
     if model.config.model_type == "gpt2":
-        assert (cfg.norm, cfg.position, cfg.activation, cfg.tie_embeddings) == ("layernorm", "learned", "gelu_tanh", True)
+        assert (cfg.norm, cfg.position, cfg.activation, cfg.tie_embeddings) == (
+            "layernorm",
+            "learned",
+            "gelu_tanh",
+            True,
+        )
     else:
         assert cfg.n_kv_heads == model.config.num_key_value_heads
         assert cfg.tie_embeddings == model.config.tie_word_embeddings

@@ -129,3 +129,30 @@ def test_hostile_logits_give_valid_tokens_and_distributions(logits, temperature,
 
 
 _sample_one = jax.jit(sample)
+
+
+TIES = np.array([1.0, 0.5, 1.0, 0.5, 1.0, 0.0, 0.5, -1.0], np.float32)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [dict(top_k=2), dict(top_k=4), dict(top_p=0.5), dict(top_p=0.7, top_k=5), dict(min_p=0.6), dict(temperature=0.0)],
+)
+def test_ties_break_toward_lower_ids(case):
+    got = np.asarray(probabilities(jnp.asarray(TIES)[None], SamplingParams.make(1, **case)))[0]
+    np.testing.assert_allclose(got, reference(TIES, **case), atol=1e-6)
+
+
+def test_large_flat_vocabulary_statistics():
+    """300 nearly equal logits: top-p must keep hundreds of tokens, and the draw must still be exact."""
+    v, n = 300, 60000
+    logits = np.asarray(jax.random.normal(jax.random.key(5), (v,)) * 0.3, np.float32)
+    for case in [dict(top_p=0.9), dict(top_k=150, temperature=0.8), dict(temperature=1.0)]:
+        params = SamplingParams.make(n, **case)
+        keys = jax.random.split(jax.random.key(9), n)
+        tokens = np.asarray(_draw_many(keys, jnp.broadcast_to(jnp.asarray(logits), (n, v)), params))
+        expected = reference(logits, **case)
+        np.testing.assert_allclose(
+            np.asarray(probabilities(jnp.asarray(logits)[None], SamplingParams.make(1, **case)))[0], expected, atol=1e-6
+        )
+        assert_matches_distribution(tokens, expected)

@@ -11,8 +11,18 @@ from gpt_jax.config import LLAMA_TINY
 from gpt_jax.errors import InputError
 from gpt_jax.train import Corpus, TrainConfig, Trainer, train, unigram_baseline
 
-TC = TrainConfig(steps=12, batch_size=4, seq_len=32, learning_rate=1e-2, warmup_steps=2, eval_every=6,
-                 eval_windows=8, checkpoint_every=6, block_tokens=256, val_every=5)
+TC = TrainConfig(
+    steps=12,
+    batch_size=4,
+    seq_len=32,
+    learning_rate=1e-2,
+    warmup_steps=2,
+    eval_every=6,
+    eval_windows=8,
+    checkpoint_every=6,
+    block_tokens=256,
+    val_every=5,
+)
 
 
 @pytest.fixture(scope="module")

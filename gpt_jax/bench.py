@@ -1,0 +1,244 @@
+"""Decode benchmark: gpt_jax against transformers (PyTorch) on identical random weights.
+
+    gpt-jax bench [--shapes gpt2-small llama-small] [--prompt-lens 32 512] [--batches 1 8 32] [--modes greedy top-p]
+                  [--new-tokens 128] [--repeats 3] [--out benchmarks/results/decode.json]
+
+For each setting both engines run alternately `--repeats` times; medians are reported. Decode time is the time of a
+128-token generation minus the time of a 1-token one (prefill plus one step), so ms/step excludes the prompt.
+The bandwidth roofline (batch * read bandwidth / weight bytes) uses a read bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = {  # transformers configs; weights are random and shared by both engines
+    "gpt2-small": ("gpt2", dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024)),
+    "llama-small": (
+        "llama",
+        dict(
+            vocab_size=32000,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+        ),
+    ),
+    "llama-1b": (
+        "llama",
+        dict(
+            vocab_size=32000,
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+        ),
+    ),
+}
+
+
+def read_bandwidth_gbs(size_bytes: int = 1 << 30) -> float:
+    """Best of three full reads of a buffer (numpy sum), in GB/s."""
+    a = np.ones(size_bytes // 8, np.float64)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t)
+    return size_bytes / best / 1e9
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class JaxEngine:
+    name = "gpt_jax"
+
+    def __init__(self, directory: Path, dtype: str):
+        import gpt_jax
+
+        self.gen = gpt_jax.load(directory, dtype=dtype)
+        self.weight_bytes = sum(x.nbytes for x in __import__("jax").tree_util.tree_leaves(self.gen.params))
+
+    def run(self, prompts, new_tokens, mode):
+        kw = dict(temperature=0.0) if mode == "greedy" else dict(temperature=1.0, top_p=0.95)
+        t = time.perf_counter()
+        out = self.gen.generate_ids(prompts, max_new_tokens=new_tokens, ignore_eos=True, seed=0, **kw)
+        elapsed = time.perf_counter() - t
+        assert all(len(x) == new_tokens for x in out.token_ids)
+        return elapsed
+
+
+class TorchEngine:
+    name = "transformers"
+
+    def __init__(self, directory: Path, dtype: str, threads: int):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype).eval()
+
+    def run(self, prompts, new_tokens, mode):
+        torch = self.torch
+        t_max = max(map(len, prompts))
+        ids = torch.tensor([[0] * (t_max - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (t_max - len(p)) + [1] * len(p) for p in prompts])
+        kw = dict(do_sample=False) if mode == "greedy" else dict(do_sample=True, top_p=0.95, top_k=0, temperature=1.0)
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=0,
+                **kw,
+            )
+        elapsed = time.perf_counter() - t
+        assert out.shape[1] == t_max + new_tokens
+        return elapsed
+
+
+def make_checkpoint(shape: str, directory: Path) -> None:
+    import torch
+    import transformers
+
+    kind, cfg = SHAPES[shape]
+    torch.manual_seed(0)
+    config = (transformers.GPT2Config if kind == "gpt2" else transformers.LlamaConfig)(
+        **cfg, bos_token_id=1, eos_token_id=2
+    )
+    model = (transformers.GPT2LMHeadModel if kind == "gpt2" else transformers.LlamaForCausalLM)(config)
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def measure(engine, prompts, new_tokens, mode) -> dict:
+    """First call (compile + run) and one steady-state pair of runs: 1 token and new_tokens."""
+    return {"prefill_s": engine.run(prompts, 1, mode), "total_s": engine.run(prompts, new_tokens, mode)}
+
+
+def bench(args) -> dict:
+    bandwidth = read_bandwidth_gbs()
+    print(f"read bandwidth: {bandwidth:.1f} GB/s", file=sys.stderr)
+    rows = []
+    for shape in args.shapes:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_checkpoint(shape, Path(tmp))
+            engines = [JaxEngine(Path(tmp), args.dtype), TorchEngine(Path(tmp), args.dtype, args.threads)]
+            weight_bytes = engines[0].weight_bytes
+            rng = np.random.default_rng(0)
+            for prompt_len in args.prompt_lens:
+                for batch in args.batches:
+                    prompts = [rng.integers(3, 1000, prompt_len).tolist() for _ in range(batch)]
+                    for mode in args.modes:
+                        first = {}
+                        for e in engines:  # first call: compile (jax) plus one run
+                            t = time.perf_counter()
+                            e.run(prompts, args.new_tokens, mode)
+                            first[e.name] = time.perf_counter() - t
+                            e.run(prompts, 1, mode)
+                        runs = {e.name: [] for e in engines}
+                        for _ in range(args.repeats):  # alternate the engines
+                            for e in engines:
+                                runs[e.name].append(measure(e, prompts, args.new_tokens, mode))
+                        row = {
+                            "shape": shape,
+                            "prompt_len": prompt_len,
+                            "batch": batch,
+                            "mode": mode,
+                            "dtype": args.dtype,
+                        }
+                        for name, rs in runs.items():
+                            prefill = statistics.median(r["prefill_s"] for r in rs)
+                            decode = statistics.median(r["total_s"] - r["prefill_s"] for r in rs)
+                            steps = args.new_tokens - 1
+                            tps = batch * steps / decode
+                            row[name] = {
+                                "first_call_s": round(first[name], 3),
+                                "prefill_s": round(prefill, 4),
+                                "prefill_tokens_per_s": round(batch * prompt_len / prefill, 1),
+                                "decode_tokens_per_s": round(tps, 1),
+                                "ms_per_step": round(1000 * decode / steps, 2),
+                                "roofline_fraction": round(tps / (batch * bandwidth * 1e9 / weight_bytes), 3),
+                            }
+                        row["decode_ratio"] = round(
+                            row["gpt_jax"]["decode_tokens_per_s"] / row["transformers"]["decode_tokens_per_s"], 2
+                        )
+                        rows.append(row)
+                        print(_format_row(row), file=sys.stderr)
+            del engines
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "read_bandwidth_gbs": round(bandwidth, 1),
+            "python": platform.python_version(),
+        },
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "peak_rss_mb": round(peak_rss_mb()),
+        "rows": rows,
+    }
+
+
+def _format_row(r: dict) -> str:
+    j, t = r["gpt_jax"], r["transformers"]
+    return (
+        f"| {r['shape']} | {r['prompt_len']} | {r['batch']} | {r['mode']} | {j['decode_tokens_per_s']} | "
+        f"{t['decode_tokens_per_s']} | {r['decode_ratio']}x | {j['ms_per_step']} | {t['ms_per_step']} | "
+        f"{j['roofline_fraction']:.0%} | {j['prefill_tokens_per_s']} | {t['prefill_tokens_per_s']} | "
+        f"{j['first_call_s']} | {t['first_call_s']} |"
+    )
+
+
+HEADER = (
+    "| shape | prompt | batch | mode | gpt_jax tok/s | transformers tok/s | ratio | gpt_jax ms/step | "
+    "transformers ms/step | gpt_jax roofline | gpt_jax prefill tok/s | transformers prefill tok/s | "
+    "gpt_jax first call s | transformers first call s |\n" + "|---" * 14 + "|"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gpt-jax bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["gpt2-small", "llama-small"], choices=sorted(SHAPES))
+    ap.add_argument("--prompt-lens", nargs="+", type=int, default=[32, 512])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    ap.add_argument("--modes", nargs="+", default=["greedy", "top-p"], choices=["greedy", "top-p"])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default="benchmarks/results/decode.json")
+    args = ap.parse_args(argv)
+    result = bench(args)
+    print(HEADER)
+    for r in result["rows"]:
+        print(_format_row(r))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
