@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import secrets
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="default: a fresh seed, printed to stderr")
     g.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    g.add_argument("--stream", action="store_true", help="print the text as it is generated (one prompt at a time)")
 
     t = sub.add_parser("train", help="train a tokenizer and a model on text files")
     t.add_argument("files", nargs="+", metavar="TEXT_FILE")
@@ -57,16 +59,25 @@ def _generate(args) -> int:
     import gpt_jax
 
     gen = gpt_jax.load(args.model)
-    result = gen.generate(
-        args.prompts,
+    settings = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         min_p=args.min_p,
-        seed=args.seed,
         ignore_eos=args.ignore_eos,
     )
+    if args.stream:
+        seed = args.seed if args.seed is not None else secrets.randbits(32)
+        if args.seed is None:
+            print(f"seed: {seed}", file=sys.stderr)
+        for i, prompt in enumerate(args.prompts):
+            print(("\n" + "-" * 40 + "\n" if i else "") + prompt, end="", flush=True)
+            for piece in gen.stream(prompt, seed=seed, row_seeds=[i], **settings):
+                print(piece, end="", flush=True)
+            print()
+        return 0
+    result = gen.generate(args.prompts, seed=args.seed, **settings)
     if args.seed is None:
         print(f"seed: {result.seed}", file=sys.stderr)
     for i, (prompt, text) in enumerate(zip(args.prompts, result.texts)):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,18 @@ class GenerationResult:
     seed: int
     steps: int  # decode-loop iterations (prefill's token counts as one)
     texts: list[str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """Validated inputs of one decode: the padded batch, traced settings, and the static output buffer size."""
+
+    rows: int
+    tokens: np.ndarray
+    inputs: decode.DecodeInputs
+    seed: int
+    row_seeds: np.ndarray
+    buffer: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +99,8 @@ class Generator:
         self.model = Transformer(config)
         self.trace_count = 0
         self._generate_jit = jax.jit(self._generate_traced, static_argnames=("buffer",))
+        self._start_jit = jax.jit(self._start_traced, static_argnames=("buffer",))
+        self._step_jit = jax.jit(partial(decode.decode_step, self.logits_fn), donate_argnums=(1,))
         self._score_jit = jax.jit(self._score_traced)
 
     @classmethod
@@ -107,6 +122,11 @@ class Generator:
         return self.model.apply({"params": params}, tokens, positions, mask, cache)
 
     # ---- generation -------------------------------------------------------------------------------------------
+    def _start_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer):
+        self.trace_count += 1
+        cache = init_cache(self.config, tokens.shape[0], tokens.shape[1] + buffer)
+        return decode.start(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
+
     def _generate_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer):
         self.trace_count += 1
         cache = init_cache(self.config, tokens.shape[0], tokens.shape[1] + buffer)
@@ -119,7 +139,7 @@ class Generator:
             "steps": state.step,
         }
 
-    def generate_ids(
+    def _prepare(
         self,
         prompts: Sequence[Sequence[int]],
         *,
@@ -131,12 +151,8 @@ class Generator:
         seed: int | None = None,
         row_seeds: Sequence[int] | None = None,
         ignore_eos: bool = False,
-    ) -> GenerationResult:
-        """Token ids in, generated token ids out (no tokenizer involved).
-
-        Every setting may be a scalar or one value per prompt. `seed=None` draws a fresh seed, returned in the
-        result so the run can be repeated. Row r samples with key fold_in(key(seed), row_seeds[r]) (default r).
-        """
+    ) -> _Prepared:
+        """Validate every argument (before anything compiles) and build the traced inputs of the decode."""
         cfg = self.config
         check(
             isinstance(prompts, (list, tuple)) and len(prompts) > 0,
@@ -172,7 +188,7 @@ class Generator:
         batch = left_pad(prompts, cfg.pad_id, length=bucket(max(map(len, prompts)), MIN_LENGTH_BUCKET))
         b = batch.tokens.shape[0]
         eos = [] if ignore_eos else list(cfg.eos_ids)[:MAX_EOS_IDS]
-        fill = lambda xs: np.array(xs + [xs[-1]] * (b - rows))
+        fill = lambda xs: np.array(xs + [xs[-1]] * (b - rows))  # filler rows copy the last row's settings
         inputs = decode.DecodeInputs(
             pad_len=batch.pad_len,
             max_new_tokens=fill(budgets).astype(np.int32),
@@ -181,23 +197,71 @@ class Generator:
             sampling=SamplingParams.make(b, temperature=temps, top_k=top_ks, top_p=top_ps, min_p=min_ps),
             pad_id=np.int32(cfg.pad_id),
         )
-        out = self._generate_jit(
-            self.params,
-            batch.tokens,
-            inputs,
-            np.uint32(seed),
-            fill(row_seeds).astype(np.int32),
+        return _Prepared(
+            rows=rows,
+            tokens=batch.tokens,
+            inputs=inputs,
+            seed=int(seed),
+            row_seeds=fill(row_seeds).astype(np.int32),
             buffer=bucket(max(budgets), MIN_LENGTH_BUCKET),
         )
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], **settings) -> GenerationResult:
+        """Token ids in, generated token ids out (no tokenizer involved).
+
+        Settings: max_new_tokens (64), temperature (0.8; 0 is greedy), top_k (0: off), top_p (0.95; 1: off),
+        min_p (0: off), seed (None draws one, returned in the result), row_seeds (default: the row index),
+        ignore_eos (False). Each may be a scalar or one value per prompt. Row r samples its t-th token with key
+        fold_in(fold_in(key(seed), row_seeds[r]), t).
+        """
+        prep = self._prepare(prompts, **settings)
+        out = self._generate_jit(
+            self.params, prep.tokens, prep.inputs, np.uint32(prep.seed), prep.row_seeds, buffer=prep.buffer
+        )
         out = jax.device_get(out)
-        lengths = out["lengths"][:rows]
+        rows, lengths = prep.rows, out["lengths"][: prep.rows]
         return GenerationResult(
             token_ids=[out["tokens"][r, : lengths[r]].tolist() for r in range(rows)],
             finish_reasons=[decode.FINISH_NAMES[int(f)] for f in out["finish"][:rows]],
             logprobs=[out["logprobs"][r, : lengths[r]].tolist() for r in range(rows)],
-            seed=int(seed),
+            seed=prep.seed,
             steps=int(out["steps"]),
         )
+
+    def stream_ids(self, prompt: Sequence[int], **settings) -> Iterator[int]:
+        """Yield one prompt's generated ids as they are chosen: the decode step runs from a Python loop.
+
+        Same settings, keys and compiled step as `generate_ids`, so the ids are those `generate_ids` returns.
+        """
+        prep = self._prepare([prompt], **settings)
+        args = (self.params, prep.tokens, prep.inputs, np.uint32(prep.seed), prep.row_seeds)
+        state = self._start_jit(*args, buffer=prep.buffer)
+        while True:
+            token, done, more = jax.device_get((state.last[0], state.done[0], decode.running(state)))
+            yield int(token)
+            if done or not more:
+                return
+            state = self._step_jit(self.params, state, prep.inputs)
+
+    def stream(self, prompt: str, **settings) -> Iterator[str]:
+        """Yield the continuation of one text prompt piece by piece; pieces never split a UTF-8 character.
+
+        The pieces concatenate to `generate(prompt, **settings).texts[0]` for the same settings and seed.
+        """
+        tok = self._require_tokenizer()
+        check(isinstance(prompt, str), InputError, f"prompt must be a string, got {type(prompt).__name__}")
+        ids = tok.encode(prompt)
+        check(len(ids) > 0, InputError, "prompt is empty: give at least one character")
+        if settings.get("seed") is None:
+            settings["seed"] = secrets.randbits(32)
+        decoder = IncrementalDecoder(tok, ids)
+        for token in self.stream_ids(ids, **settings):
+            piece = decoder.add([token])
+            if piece:
+                yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail
 
     def generate(self, prompts: str | Sequence[str], **kwargs) -> GenerationResult:
         """Text in, text out. Takes the settings of `generate_ids`; `texts` holds each continuation."""

@@ -70,3 +70,10 @@ def test_score_prints_perplexity(capsys, model_dir, tmp_path):
     text.write_text("To be, or not to be, that is the question.\n" * 20)
     code, out, _ = run(capsys, "score", str(text), "--model", model_dir)
     assert code == 0 and '"perplexity"' in out
+
+
+def test_stream_prints_what_generate_prints(capsys, model_dir):
+    base = ("generate", "ROMEO:", "JULIET:", "--model", model_dir, "--seed", "5", "--max-new-tokens", "10")
+    code, plain, _ = run(capsys, *base)
+    code2, streamed, _ = run(capsys, *base, "--stream")
+    assert code == code2 == 0 and streamed == plain

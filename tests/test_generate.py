@@ -153,3 +153,26 @@ def test_score_matches_a_manual_forward(small_tokenizer):
         logp = jax.nn.log_softmax(forward(cfg, g.params, ids)[0, :-1])
         assert n == ids.shape[1] - 1
         assert np.isclose(ll, float(logp[np.arange(n), ids[0, 1:]].sum()), atol=1e-4)
+
+
+def test_stream_equals_generate(small_tokenizer):
+    cfg = LLAMA_TINY.replace(vocab_size=320, pad_id=3)
+    g = Generator.from_config(cfg, small_tokenizer, jax.random.key(8))
+    for kw in ({"seed": 4, "temperature": 1.0, "top_p": 1.0}, {"temperature": 0.0}, {"seed": 1, "top_k": 20}):
+        pieces = list(g.stream("ROMEO:", max_new_tokens=40, ignore_eos=True, **kw))
+        text = g.generate("ROMEO:", max_new_tokens=40, ignore_eos=True, **kw).texts[0]
+        assert "".join(pieces) == text and len(pieces) > 1
+        assert all("\ufffd" not in p or "\ufffd" in text for p in pieces)
+    ids = small_tokenizer.encode("JULIET:")
+    streamed = list(g.stream_ids(ids, max_new_tokens=12, seed=2, ignore_eos=True))
+    assert streamed == g.generate_ids([ids], max_new_tokens=12, seed=2, ignore_eos=True).token_ids[0]
+
+
+def test_stream_stops_at_eos(small_tokenizer):
+    cfg = LLAMA_TINY.replace(vocab_size=320, pad_id=3)
+    g = Generator.from_config(cfg, small_tokenizer, jax.random.key(8))
+    ids = small_tokenizer.encode("A")
+    full = g.generate_ids([ids], max_new_tokens=20, seed=3, temperature=1.0, top_p=1.0, ignore_eos=True).token_ids[0]
+    k = next(i for i in range(1, len(full)) if full[i] not in full[:i])
+    g2 = Generator(cfg.replace(eos_ids=(full[k],)), g.params, small_tokenizer)
+    assert list(g2.stream_ids(ids, max_new_tokens=20, seed=3, temperature=1.0, top_p=1.0)) == full[: k + 1]
