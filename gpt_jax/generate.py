@@ -118,6 +118,12 @@ class Generator:
             )
         return cls(config, init_params(config, key), tokenizer)
 
+    def quantize_int8(self) -> Generator:
+        """A new Generator whose projection kernels are int8 with per-output-channel scales (weight-only)."""
+        from gpt_jax.quantize import quantize_params
+
+        return Generator(self.config, jax.jit(quantize_params)(self.params), self.tokenizer)
+
     def logits_fn(self, params, tokens, positions, mask, cache):
         return self.model.apply({"params": params}, tokens, positions, mask, cache)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
+from gpt_jax.quantize import contract
 
 MASK_VALUE = -1e30  # finite, so a fully masked row gives a uniform softmax, never NaN
 init_weight = nn.initializers.normal(0.02)
@@ -75,7 +76,7 @@ class Attention(nn.Module):
 
         def proj(name, heads):
             w = self.param(f"{name}_kernel", init_weight, (d, heads, h), dtype)
-            y = jnp.einsum("BTD,DNH->BTNH", x, w)
+            y = contract("BTD,DNH->BTNH", x, w)
             if cfg.attn_bias:
                 y = y + self.param(f"{name}_bias", nn.initializers.zeros, (heads, h), dtype)
             return y
@@ -92,7 +93,7 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value).reshape(b, t, n, h)
         w_o = self.param("o_kernel", out_init, (n, h, d), dtype)
-        y = jnp.einsum("BTNH,NHD->BTD", out, w_o)
+        y = contract("BTNH,NHD->BTD", out, w_o)
         if cfg.attn_bias:
             y = y + self.param("o_bias", nn.initializers.zeros, (d,), dtype)
         return y, cache
@@ -110,7 +111,7 @@ class MLP(nn.Module):
         act = activation(cfg.activation)
 
         def dense(name, inputs, shape, init=init_weight):
-            y = inputs @ self.param(f"{name}_kernel", init, shape, dtype)
+            y = contract("BTI,IO->BTO", inputs, self.param(f"{name}_kernel", init, shape, dtype))
             if cfg.mlp_bias:
                 y = y + self.param(f"{name}_bias", nn.initializers.zeros, (shape[1],), dtype)
             return y

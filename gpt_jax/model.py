@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from gpt_jax.config import ModelConfig
 from gpt_jax.kv_cache import KVCache
 from gpt_jax.layers import Block, Norm, init_weight
+from gpt_jax.quantize import contract
 
 
 class Transformer(nn.Module):
@@ -51,7 +52,7 @@ class Transformer(nn.Module):
             logits = jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
         else:
             head = self.param("lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype)  # [D, V]
-            logits = jnp.einsum("BTD,DV->BTV", x, head, preferred_element_type=jnp.float32)
+            logits = contract("BTD,DV->BTV", x, head, jnp.float32)
         if cache is not None:
             cache = cache.advance(tokens.shape[1])
         return logits, cache
