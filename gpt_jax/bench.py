@@ -68,13 +68,16 @@ def peak_rss_mb() -> float:
 
 
 class JaxEngine:
-    name = "gpt_jax"
+    def __init__(self, directory: Path, dtype: str, int8: bool = False):
+        import jax
 
-    def __init__(self, directory: Path, dtype: str):
         import gpt_jax
 
         self.gen = gpt_jax.load(directory, dtype=dtype)
-        self.weight_bytes = sum(x.nbytes for x in __import__("jax").tree_util.tree_leaves(self.gen.params))
+        self.name = "gpt_jax"
+        if int8:
+            self.gen, self.name = self.gen.quantize_int8(), "gpt_jax_int8"
+        self.weight_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(self.gen.params))
 
     def run(self, prompts, new_tokens, mode):
         kw = dict(temperature=0.0) if mode == "greedy" else dict(temperature=1.0, top_p=0.95)
@@ -145,7 +148,8 @@ def bench(args) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             make_checkpoint(shape, Path(tmp))
             engines = [JaxEngine(Path(tmp), args.dtype), TorchEngine(Path(tmp), args.dtype, args.threads)]
-            weight_bytes = engines[0].weight_bytes
+            if args.int8:
+                engines.append(JaxEngine(Path(tmp), args.dtype, int8=True))
             rng = np.random.default_rng(0)
             for prompt_len in args.prompt_lens:
                 for batch in args.batches:
@@ -168,6 +172,7 @@ def bench(args) -> dict:
                             "mode": mode,
                             "dtype": args.dtype,
                         }
+                        e_bytes = {e.name: getattr(e, "weight_bytes", engines[0].weight_bytes) for e in engines}
                         for name, rs in runs.items():
                             prefill = statistics.median(r["prefill_s"] for r in rs)
                             decode = statistics.median(r["total_s"] - r["prefill_s"] for r in rs)
@@ -179,7 +184,8 @@ def bench(args) -> dict:
                                 "prefill_tokens_per_s": round(batch * prompt_len / prefill, 1),
                                 "decode_tokens_per_s": round(tps, 1),
                                 "ms_per_step": round(1000 * decode / steps, 2),
-                                "roofline_fraction": round(tps / (batch * bandwidth * 1e9 / weight_bytes), 3),
+                                "roofline_fraction": round(tps / (batch * bandwidth * 1e9 / e_bytes[name]), 3),
+                                "weight_mb": round(e_bytes[name] / 2**20, 1),
                             }
                         row["decode_ratio"] = round(
                             row["gpt_jax"]["decode_tokens_per_s"] / row["transformers"]["decode_tokens_per_s"], 2
@@ -204,18 +210,20 @@ def bench(args) -> dict:
 
 def _format_row(r: dict) -> str:
     j, t = r["gpt_jax"], r["transformers"]
+    q = r.get("gpt_jax_int8")
+    int8 = f"{q['decode_tokens_per_s']} ({q['roofline_fraction']:.0%})" if q else "-"
     return (
         f"| {r['shape']} | {r['prompt_len']} | {r['batch']} | {r['mode']} | {j['decode_tokens_per_s']} | "
         f"{t['decode_tokens_per_s']} | {r['decode_ratio']}x | {j['ms_per_step']} | {t['ms_per_step']} | "
-        f"{j['roofline_fraction']:.0%} | {j['prefill_tokens_per_s']} | {t['prefill_tokens_per_s']} | "
+        f"{j['roofline_fraction']:.0%} | {int8} | {j['prefill_tokens_per_s']} | {t['prefill_tokens_per_s']} | "
         f"{j['first_call_s']} | {t['first_call_s']} |"
     )
 
 
 HEADER = (
     "| shape | prompt | batch | mode | gpt_jax tok/s | transformers tok/s | ratio | gpt_jax ms/step | "
-    "transformers ms/step | gpt_jax roofline | gpt_jax prefill tok/s | transformers prefill tok/s | "
-    "gpt_jax first call s | transformers first call s |\n" + "|---" * 14 + "|"
+    "transformers ms/step | gpt_jax roofline | int8 tok/s (roofline) | gpt_jax prefill tok/s | "
+    "transformers prefill tok/s | gpt_jax first call s | transformers first call s |\n" + "|---" * 15 + "|"
 )
 
 
@@ -229,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--int8", action="store_true", help="also run gpt_jax with int8 weight-only quantization")
     ap.add_argument("--out", default="benchmarks/results/decode.json")
     args = ap.parse_args(argv)
     result = bench(args)

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
 
+    sub.add_parser("bench", help="decode benchmark against transformers (see gpt-jax bench --help)")
     s = sub.add_parser("score", help="perplexity of the model on a text file")
     s.add_argument("file")
     s.add_argument("--model", default=None)
@@ -164,6 +165,11 @@ def _score(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark has its own argument parser
+        from gpt_jax.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
