@@ -153,10 +153,11 @@ def load_tokenizer(directory: Path, vocab_size: int, add_bos: bool = True, exact
     return tok
 
 
-def load(path: str | os.PathLike | None = None, *, dtype: str | None = None) -> Generator:
+def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mesh=None) -> Generator:
     """Load a model directory: this project's own, or a Hugging Face GPT-2 / Llama / Mistral one.
 
     With no path, the bundled default model. `dtype` ("float32", "bfloat16", "float16") converts the weights.
+    `mesh` (a jax.sharding.Mesh with axes ("data", "model")) shards the parameters and the generation.
     """
     directory = Path(path) if path is not None else DEFAULT_MODEL
     check(directory.is_dir(), CheckpointError, f"{directory}: not a directory (expected a model directory)")
@@ -164,7 +165,7 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None) -> 
     if "model_type" in raw:
         from gpt_jax import hf
 
-        return hf.load(directory, raw, dtype=dtype)
+        return hf.load(directory, raw, dtype=dtype, mesh=mesh)
     try:
         config = ModelConfig.from_dict(raw, source=str(directory / CONFIG_FILE))
     except ConfigError as e:
@@ -175,4 +176,4 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None) -> 
     tensors = safetensors_io.read(weights)
     check_tensors(tensors, param_shapes(config), str(weights))
     params = unflatten({k: jnp.asarray(v, dtype=config.dtype) for k, v in tensors.items()})
-    return Generator(config, params, load_tokenizer(directory, config.vocab_size, config.add_bos))
+    return Generator(config, params, load_tokenizer(directory, config.vocab_size, config.add_bos), mesh)

@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="default: a fresh seed, printed to stderr")
     g.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    g.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
     g.add_argument("--stream", action="store_true", help="print the text as it is generated (one prompt at a time)")
 
     t = sub.add_parser("train", help="train a tokenizer and a model on text files")
@@ -59,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
 def _generate(args) -> int:
     import gpt_jax
 
-    gen = gpt_jax.load(args.model)
+    mesh = None
+    if args.mesh:
+        from gpt_jax.sharding import parse_mesh
+
+        mesh = parse_mesh(args.mesh)
+    gen = gpt_jax.load(args.model, mesh=mesh)
     settings = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

@@ -94,8 +94,19 @@ class Generator:
     length in the same bucket, or other sampling values, compiles nothing new. `trace_count` counts the traces.
     """
 
-    def __init__(self, config: ModelConfig, params: dict, tokenizer: Tokenizer | None = None):
-        self.config, self.params, self.tokenizer = config, params, tokenizer
+    def __init__(self, config: ModelConfig, params: dict, tokenizer: Tokenizer | None = None, mesh=None):
+        """`mesh`: a jax.sharding.Mesh with axes ("data", "model"); params are placed by `sharding` rules."""
+        self.config, self.tokenizer, self.mesh = config, tokenizer, mesh
+        if mesh is not None:
+            from gpt_jax import sharding
+
+            check(
+                tuple(mesh.axis_names) == sharding.AXES,
+                InputError,
+                f"mesh axes must be {sharding.AXES}, got {tuple(mesh.axis_names)}",
+            )
+            params = sharding.shard_params(config, params, mesh)
+        self.params = params
         self.model = Transformer(config)
         self.trace_count = 0
         self._generate_jit = jax.jit(self._generate_traced, static_argnames=("buffer",))
@@ -105,7 +116,7 @@ class Generator:
 
     @classmethod
     def from_config(
-        cls, config: ModelConfig, tokenizer: Tokenizer | None = None, key: jax.Array | int = 0
+        cls, config: ModelConfig, tokenizer: Tokenizer | None = None, key: jax.Array | int = 0, mesh=None
     ) -> Generator:
         """Random weights for `config` (the tokenizer, if given, must match its vocabulary)."""
         if isinstance(key, int):
@@ -116,26 +127,38 @@ class Generator:
                 InputError,
                 f"tokenizer vocab_size {tokenizer.vocab_size} != config vocab_size {config.vocab_size}",
             )
-        return cls(config, init_params(config, key), tokenizer)
+        return cls(config, init_params(config, key), tokenizer, mesh)
 
     def quantize_int8(self) -> Generator:
         """A new Generator whose projection kernels are int8 with per-output-channel scales (weight-only)."""
         from gpt_jax.quantize import quantize_params
 
-        return Generator(self.config, jax.jit(quantize_params)(self.params), self.tokenizer)
+        return Generator(self.config, jax.jit(quantize_params)(self.params), self.tokenizer, self.mesh)
 
     def logits_fn(self, params, tokens, positions, mask, cache):
         return self.model.apply({"params": params}, tokens, positions, mask, cache)
 
     # ---- generation -------------------------------------------------------------------------------------------
+    def _new_cache(self, rows: int, length: int):
+        cache = init_cache(self.config, rows, length)
+        if self.mesh is not None:
+            from gpt_jax.sharding import cache_spec
+
+            spec = jax.sharding.NamedSharding(self.mesh, cache_spec())
+            cache = cache.replace(
+                k=tuple(jax.lax.with_sharding_constraint(k, spec) for k in cache.k),
+                v=tuple(jax.lax.with_sharding_constraint(v, spec) for v in cache.v),
+            )
+        return cache
+
     def _start_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer):
         self.trace_count += 1
-        cache = init_cache(self.config, tokens.shape[0], tokens.shape[1] + buffer)
+        cache = self._new_cache(tokens.shape[0], tokens.shape[1] + buffer)
         return decode.start(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
 
     def _generate_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer):
         self.trace_count += 1
-        cache = init_cache(self.config, tokens.shape[0], tokens.shape[1] + buffer)
+        cache = self._new_cache(tokens.shape[0], tokens.shape[1] + buffer)
         state = decode.generate_loop(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
         return {
             "tokens": state.tokens,
@@ -191,7 +214,13 @@ class Generator:
         row_seeds = _per_row("row_seeds", row_seeds, rows, int, 0, 2**31 - 1)
         check(isinstance(ignore_eos, bool), InputError, f"ignore_eos must be True or False, got {ignore_eos!r}")
 
-        batch = left_pad(prompts, cfg.pad_id, length=bucket(max(map(len, prompts)), MIN_LENGTH_BUCKET))
+        data = self.mesh.shape["data"] if self.mesh is not None else 1
+        batch = left_pad(
+            prompts,
+            cfg.pad_id,
+            length=bucket(max(map(len, prompts)), MIN_LENGTH_BUCKET),
+            rows=-(-bucket(rows) // data) * data,
+        )
         b = batch.tokens.shape[0]
         eos = [] if ignore_eos else list(cfg.eos_ids)[:MAX_EOS_IDS]
         fill = lambda xs: np.array(xs + [xs[-1]] * (b - rows))  # filler rows copy the last row's settings

@@ -261,7 +261,7 @@ def _strip_prefix(names: set[str], model_type: str) -> dict[str, str]:
     return {n: n for n in names}
 
 
-def load(directory: Path, raw: dict, dtype: str | None = None) -> Generator:
+def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Generator:
     """Load a Hugging Face directory as a `Generator` (weights converted to `dtype`, default float32)."""
     gen_path = directory / "generation_config.json"
     generation = json.loads(gen_path.read_text()) if gen_path.is_file() else None
@@ -319,7 +319,7 @@ def load(directory: Path, raw: dict, dtype: str | None = None) -> Generator:
                 for ours, part in _gpt2_split(name, w, config).items():
                     put(ours, part, name)
                 files.where[present[name]].release(present[name])
-    return Generator(config, unflatten(flat), load_hf_tokenizer(directory, config))
+    return Generator(config, unflatten(flat), load_hf_tokenizer(directory, config), mesh)
 
 
 def load_hf_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:

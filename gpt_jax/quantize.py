@@ -44,8 +44,16 @@ def dequantize(w) -> jax.Array:
 
 
 # kernels by parameter name, with how many leading axes are contracted with the activations
-_KERNELS = {"q_kernel": 1, "k_kernel": 1, "v_kernel": 1, "o_kernel": 2, "gate_kernel": 1, "up_kernel": 1,
-            "down_kernel": 1, "lm_head": 1}
+_KERNELS = {
+    "q_kernel": 1,
+    "k_kernel": 1,
+    "v_kernel": 1,
+    "o_kernel": 2,
+    "gate_kernel": 1,
+    "up_kernel": 1,
+    "down_kernel": 1,
+    "lm_head": 1,
+}
 
 
 def quantize_params(params: dict) -> dict:

@@ -1,0 +1,113 @@
+"""Scale-out on JAX's own runtime (DESIGN decision 10): a ("data", "model") mesh and partition rules.
+
+Attention heads, MLP width and (where it divides) the vocabulary go on `model`; the batch and the KV cache's rows go
+on `data`, the cache's kv heads on `model`. XLA inserts the collectives. The same code runs on one CPU, a Colab TPU
+chip, forced CPU devices in tests, and a multi-host TPU slice.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gpt_jax.config import ModelConfig
+from gpt_jax.errors import InputError, check
+from gpt_jax.quantize import Int8Kernel
+
+AXES = ("data", "model")
+
+
+def make_mesh(data: int = 1, model: int = 1, devices=None) -> Mesh:
+    """A data x model mesh over `devices` (default: all of them, in order)."""
+    devices = list(jax.devices() if devices is None else devices)
+    check(
+        isinstance(data, int) and isinstance(model, int) and data >= 1 and model >= 1,
+        InputError,
+        f"mesh sizes must be integers >= 1, got data={data!r}, model={model!r}",
+    )
+    check(
+        data * model == len(devices),
+        InputError,
+        f"mesh data={data} x model={model} needs {data * model} devices, {len(devices)} are available",
+    )
+    return Mesh(np.array(devices).reshape(data, model), AXES)
+
+
+def parse_mesh(text: str) -> Mesh:
+    """'data=2,model=4' -> a mesh (for the command line)."""
+    sizes = {"data": 1, "model": 1}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        check(
+            name.strip() in sizes and value.strip().isdigit(),
+            InputError,
+            f"--mesh must look like data=2,model=4, got {text!r}",
+        )
+        sizes[name.strip()] = int(value)
+    return make_mesh(sizes["data"], sizes["model"])
+
+
+def check_divisible(config: ModelConfig, mesh: Mesh) -> None:
+    """Heads, kv heads and MLP width must divide over the model axis."""
+    m = mesh.shape["model"]
+    for name in ("n_heads", "n_kv_heads", "mlp_dim"):
+        value = getattr(config, name)
+        check(
+            value % m == 0,
+            InputError,
+            f"{name}={value} does not divide over the mesh's model axis of size {m}; pick a model axis that divides it",
+        )
+
+
+def _spec(path: tuple[str, ...], ndim: int, config: ModelConfig, model_size: int) -> P:
+    name = path[-1]
+    vocab_ok = config.vocab_size % model_size == 0
+    if name in ("q_kernel", "k_kernel", "v_kernel"):  # [D, N|K, H]
+        return P(None, "model", None)
+    if name in ("q_bias", "k_bias", "v_bias"):  # [N|K, H]
+        return P("model", None)
+    if name == "o_kernel":  # [N, H, D]
+        return P("model", None, None)
+    if name in ("gate_kernel", "up_kernel"):  # [D, F]
+        return P(None, "model")
+    if name in ("gate_bias", "up_bias"):  # [F]
+        return P("model")
+    if name == "down_kernel":  # [F, D]
+        return P("model", None)
+    if name == "embed":  # [V, D]
+        return P("model", None) if vocab_ok else P()
+    if name == "lm_head":  # [D, V]
+        return P(None, "model") if vocab_ok else P()
+    return P(*([None] * ndim))  # norms, biases over D, learned positions: replicated
+
+
+def param_shardings(config: ModelConfig, params: dict, mesh: Mesh) -> dict:
+    """A NamedSharding per parameter (an Int8Kernel's scale follows its kernel's output axes)."""
+    check_divisible(config, mesh)
+    m = mesh.shape["model"]
+
+    def visit(node, path):
+        if isinstance(node, dict):
+            return {k: visit(v, path + (k,)) for k, v in node.items()}
+        if isinstance(node, Int8Kernel):
+            spec = _spec(path, node.q.ndim, config, m)
+            scale_spec = P(*tuple(spec)[node.in_axes :]) if len(spec) else P()
+            return Int8Kernel(q=NamedSharding(mesh, spec), scale=NamedSharding(mesh, scale_spec), in_axes=node.in_axes)
+        return NamedSharding(mesh, _spec(path, node.ndim, config, m))
+
+    return visit(params, ())
+
+
+def shard_params(config: ModelConfig, params: dict, mesh: Mesh) -> dict:
+    return jax.device_put(params, param_shardings(config, params, mesh))
+
+
+def cache_spec() -> P:
+    """KV cache [B, S, K, H]: rows on data, kv heads on model."""
+    return P("data", None, "model", None)
+
+
+def batch_spec() -> P:
+    return P("data")

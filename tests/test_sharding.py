@@ -1,0 +1,39 @@
+"""Sharded generation on 8 forced CPU devices (a subprocess: the device count is fixed at JAX start-up)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from gpt_jax import InputError
+from gpt_jax.sharding import make_mesh, parse_mesh
+
+HELPER = Path(__file__).parent / "helpers" / "sharded_generation.py"
+
+
+@pytest.mark.slow
+def test_meshes_give_the_single_device_tokens():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    out = subprocess.run([sys.executable, str(HELPER)], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    for mesh in ("8x1", "1x8", "2x4", "4x2"):
+        assert report[mesh]["greedy_equal"] and report[mesh]["sampled_equal"], report
+    assert "n_kv_heads=4 does not divide over the mesh's model axis of size 8" in report["bad_mesh_error"]
+
+
+def test_mesh_arguments_are_checked():
+    n = len(jax.devices())
+    with pytest.raises(InputError, match=f"needs {2 * n} devices, {n} are available"):
+        make_mesh(2, n)
+    with pytest.raises(InputError, match="--mesh must look like data=2,model=4"):
+        parse_mesh("rows=2")
+    assert parse_mesh(f"data={n},model=1").shape == {"data": n, "model": 1}
