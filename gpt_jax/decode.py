@@ -16,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from gpt_jax import penalties
 from gpt_jax.kv_cache import KVCache, cached_positions_and_mask
 from gpt_jax.sampling import SamplingParams, row_keys, sample, step_keys
 
@@ -33,6 +34,7 @@ class DecodeInputs:
     active: jax.Array  # [B] False for bucket filler rows
     eos_ids: jax.Array  # [E] stop ids, -1 for unused entries (all -1: ignore EOS)
     sampling: SamplingParams
+    penalties: penalties.Penalties
     pad_id: jax.Array  # scalar: what finished rows emit
 
 
@@ -46,6 +48,8 @@ class DecodeState:
     done: jax.Array  # [B]
     finish: jax.Array  # [B] RUNNING / EOS / LENGTH
     keys: jax.Array  # [B] row keys
+    counts: jax.Array  # [B, V] how often each id was generated (for presence/frequency/repetition penalties)
+    prompt_seen: jax.Array  # [B, V] ids present in the prompt (for the repetition penalty)
     cache: KVCache
 
 
@@ -61,7 +65,8 @@ def prefill(
 def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInputs) -> DecodeState:
     """Steps 5-8 for one token: sample from `logits` [B, V], write it, update per-row stop state."""
     t = state.step
-    token, logprob = sample(step_keys(state.keys, t), logits, inputs.sampling)
+    processed = penalties.apply(logits, inputs.penalties, state.prompt_seen, state.counts, t, inputs.eos_ids)
+    token, logprob = sample(step_keys(state.keys, t), processed, inputs.sampling, raw_logits=logits)
     token = jnp.where(state.done, inputs.pad_id, token)
     logprob = jnp.where(state.done, 0.0, logprob)
     is_eos = jnp.any(token[:, None] == inputs.eos_ids[None, :], axis=-1) & ~state.done
@@ -73,6 +78,7 @@ def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInput
         tokens=jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, t)),
         logprobs=jax.lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, t)),
         lengths=jnp.where(state.done, state.lengths, t + 1),
+        counts=state.counts.at[jnp.arange(token.shape[0]), token].add(jnp.where(state.done, 0, 1)),
         done=state.done | is_eos | out_of_budget,
         finish=finish,
     )
@@ -108,6 +114,8 @@ def start(
         done=~inputs.active,
         finish=jnp.full((b,), RUNNING, jnp.int32),
         keys=row_keys(seed, row_seeds),
+        counts=jnp.zeros((b, logits.shape[-1]), jnp.int32),
+        prompt_seen=penalties.seen_in_prompt(tokens, inputs.pad_len, logits.shape[-1]),
         cache=cache,
     )
     return choose_and_append(state, logits, inputs)

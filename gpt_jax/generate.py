@@ -22,6 +22,7 @@ from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, TokenizerError, check
 from gpt_jax.kv_cache import init_cache
 from gpt_jax.model import Transformer, forward, init_params
+from gpt_jax.penalties import Penalties
 from gpt_jax.sampling import SamplingParams
 from gpt_jax.tokenizer import IncrementalDecoder, Tokenizer
 
@@ -180,6 +181,11 @@ class Generator:
         seed: int | None = None,
         row_seeds: Sequence[int] | None = None,
         ignore_eos: bool = False,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        logit_bias: dict[int, float] | Sequence[dict[int, float]] | None = None,
+        min_new_tokens: int | Sequence[int] = 0,
     ) -> _Prepared:
         """Validate every argument (before anything compiles) and build the traced inputs of the decode."""
         cfg = self.config
@@ -195,6 +201,11 @@ class Generator:
         top_ks = _per_row("top_k", top_k, rows, int, 0, cfg.vocab_size)
         top_ps = _per_row("top_p", top_p, rows, float, 0.0, 1.0, low_open=True)
         min_ps = _per_row("min_p", min_p, rows, float, 0.0, 1.0)
+        reps = _per_row("repetition_penalty", repetition_penalty, rows, float, 0.0, 100.0, low_open=True)
+        presences = _per_row("presence_penalty", presence_penalty, rows, float, -2.0, 2.0)
+        frequencies = _per_row("frequency_penalty", frequency_penalty, rows, float, -2.0, 2.0)
+        min_news = _per_row("min_new_tokens", min_new_tokens, rows, int, 0, cfg.max_seq_len)
+        biases = self._check_bias(logit_bias, rows)
         for i, (p, n) in enumerate(zip(prompts, budgets)):
             check(
                 len(p) + n <= cfg.max_seq_len,
@@ -230,6 +241,15 @@ class Generator:
             active=batch.active,
             eos_ids=np.array(eos + [-1] * (MAX_EOS_IDS - len(eos)), np.int32),
             sampling=SamplingParams.make(b, temperature=temps, top_k=top_ks, top_p=top_ps, min_p=min_ps),
+            penalties=Penalties.make(
+                b,
+                cfg.vocab_size,
+                repetition_penalty=reps,
+                presence_penalty=presences,
+                frequency_penalty=frequencies,
+                logit_bias=biases,
+                min_new_tokens=min_news,
+            ),
             pad_id=np.int32(cfg.pad_id),
         )
         return _Prepared(
@@ -246,7 +266,8 @@ class Generator:
 
         Settings: max_new_tokens (64), temperature (0.8; 0 is greedy), top_k (0: off), top_p (0.95; 1: off),
         min_p (0: off), seed (None draws one, returned in the result), row_seeds (default: the row index),
-        ignore_eos (False). Each may be a scalar or one value per prompt. Row r samples its t-th token with key
+        ignore_eos (False), repetition_penalty (1: off), presence_penalty and frequency_penalty (0: off; in
+        [-2, 2]), logit_bias ({token id: value}), min_new_tokens (0; EOS is masked until then); see penalties.py. Each may be a scalar or one value per prompt. Row r samples its t-th token with key
         fold_in(fold_in(key(seed), row_seeds[r]), t).
         """
         prep = self._prepare(prompts, **settings)
@@ -381,6 +402,31 @@ class Generator:
         bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < v]
         check(not bad, InputError, f"{what} {i} holds token ids outside [0, vocab_size={v}): {bad[:5]}")
         return ids
+
+    def _check_bias(self, logit_bias, rows: int) -> list[dict[int, float]] | None:
+        """One {token id: value in [-100, 100]} dict, or one per row."""
+        if logit_bias is None:
+            return None
+        dicts = list(logit_bias) if isinstance(logit_bias, (list, tuple)) else [logit_bias] * rows
+        check(
+            len(dicts) == rows and all(isinstance(d, dict) for d in dicts),
+            InputError,
+            f"logit_bias must be a dict {{token id: value}} or a list of {rows} such dicts",
+        )
+        v = self.config.vocab_size
+        for d in dicts:
+            for token, value in d.items():
+                check(
+                    isinstance(token, (int, np.integer)) and not isinstance(token, bool) and 0 <= token < v,
+                    InputError,
+                    f"logit_bias keys must be token ids in [0, vocab_size={v}), got {token!r}",
+                )
+                check(
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and -100 <= value <= 100,
+                    InputError,
+                    f"logit_bias values must be numbers in [-100, 100], got {value!r} for {token}",
+                )
+        return dicts
 
     def _require_tokenizer(self) -> Tokenizer:
         check(

@@ -140,11 +140,13 @@ def _draw(keys: jax.Array, x: jax.Array, params: SamplingParams) -> jax.Array:
     return jnp.minimum(token, x.shape[-1] - 1)
 
 
-def sample(keys: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+def sample(
+    keys: jax.Array, logits: jax.Array, params: SamplingParams, raw_logits: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """One token per row from its own key. keys: [B]; logits: [B, V] -> tokens [B] int32, logprobs [B].
 
-    The log-probability is under the model's unprocessed distribution (log_softmax of the raw logits), so it means
-    the same whatever the sampling settings. A batch of greedy rows skips the filters entirely.
+    The log-probability is under the model's unprocessed distribution (log_softmax of `raw_logits`, default
+    `logits`), so it means the same whatever the sampling settings. A batch of greedy rows skips the filters.
     """
     x = sanitize(logits)
     greedy = jnp.argmax(x, axis=-1).astype(jnp.int32)
@@ -152,7 +154,7 @@ def sample(keys: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[
         jnp.all(params.temperature <= 0), lambda: greedy, lambda: _draw(keys, x, params).astype(jnp.int32)
     )
     tokens = jnp.where(params.temperature <= 0, greedy, drawn)
-    logprobs = jax.nn.log_softmax(x, axis=-1)
+    logprobs = jax.nn.log_softmax(x if raw_logits is None else sanitize(raw_logits), axis=-1)
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
 
 

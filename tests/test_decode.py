@@ -11,6 +11,7 @@ from gpt_jax import decode
 from gpt_jax.batching import left_pad
 from gpt_jax.config import LLAMA_TINY
 from gpt_jax.kv_cache import init_cache
+from gpt_jax.penalties import Penalties
 from gpt_jax.sampling import SamplingParams
 
 V = LLAMA_TINY.vocab_size
@@ -39,6 +40,7 @@ def inputs_for(batch, max_new, eos=(), temperature=0.0):
         active=batch.active,
         eos_ids=np.array(eos, np.int32),
         sampling=SamplingParams.make(rows, temperature=temperature),
+        penalties=Penalties.make(rows, V),
         pad_id=np.int32(PAD),
     )
 
