@@ -267,7 +267,8 @@ class Generator:
         Settings: max_new_tokens (64), temperature (0.8; 0 is greedy), top_k (0: off), top_p (0.95; 1: off),
         min_p (0: off), seed (None draws one, returned in the result), row_seeds (default: the row index),
         ignore_eos (False), repetition_penalty (1: off), presence_penalty and frequency_penalty (0: off; in
-        [-2, 2]), logit_bias ({token id: value}), min_new_tokens (0; EOS is masked until then); see penalties.py. Each may be a scalar or one value per prompt. Row r samples its t-th token with key
+        [-2, 2]), logit_bias ({token id: value}), min_new_tokens (0; EOS is masked until then); see penalties.py.
+        Each may be a scalar or one value per prompt. Row r samples its t-th token with key
         fold_in(fold_in(key(seed), row_seeds[r]), t).
         """
         prep = self._prepare(prompts, **settings)
