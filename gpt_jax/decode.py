@@ -21,8 +21,9 @@ from gpt_jax.kv_cache import KVCache, cached_positions_and_mask
 from gpt_jax.sampling import SamplingParams, row_keys, sample, step_keys
 
 LogitsFn = Callable[..., tuple[jax.Array, KVCache]]
-RUNNING, EOS, LENGTH = 0, 1, 2  # finish reasons
-FINISH_NAMES = {RUNNING: None, EOS: "eos", LENGTH: "length"}
+RUNNING, EOS, LENGTH, STOP = 0, 1, 2, 3  # finish reasons
+FINISH_NAMES = {RUNNING: None, EOS: "eos", LENGTH: "length", STOP: "stop"}
+MAX_STOP_SEQUENCES, MAX_STOP_TOKENS = 8, 16
 
 
 @flax.struct.dataclass
@@ -33,6 +34,7 @@ class DecodeInputs:
     max_new_tokens: jax.Array  # [B] per-row budget, <= M
     active: jax.Array  # [B] False for bucket filler rows
     eos_ids: jax.Array  # [E] stop ids, -1 for unused entries (all -1: ignore EOS)
+    stop_seqs: jax.Array  # [8, 16] stop token sequences, right-aligned, -1 before them; all -1: unused
     sampling: SamplingParams
     penalties: penalties.Penalties
     pad_id: jax.Array  # scalar: what finished rows emit
@@ -44,7 +46,8 @@ class DecodeState:
     last: jax.Array  # [B] the token fed to the next forward pass
     tokens: jax.Array  # [B, M] output buffer, pad where nothing was generated
     logprobs: jax.Array  # [B, M] log-probability of each generated token (0 on pad)
-    lengths: jax.Array  # [B] tokens generated per row, EOS included
+    lengths: jax.Array  # [B] tokens generated per row, a final EOS or stop sequence included
+    recent: jax.Array  # [B, 16] the last generated tokens (-2 before the first), for stop sequences
     done: jax.Array  # [B]
     finish: jax.Array  # [B] RUNNING / EOS / LENGTH
     keys: jax.Array  # [B] row keys
@@ -70,18 +73,29 @@ def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInput
     token = jnp.where(state.done, inputs.pad_id, token)
     logprob = jnp.where(state.done, 0.0, logprob)
     is_eos = jnp.any(token[:, None] == inputs.eos_ids[None, :], axis=-1) & ~state.done
-    out_of_budget = (t + 1 >= inputs.max_new_tokens) & ~state.done & ~is_eos
-    finish = jnp.where(is_eos, EOS, jnp.where(out_of_budget, LENGTH, state.finish))
+    recent = jnp.concatenate([state.recent[:, 1:], token[:, None]], axis=1)
+    is_stop = match_stop(recent, inputs.stop_seqs)
+    is_stop &= ~state.done & ~is_eos
+    out_of_budget = (t + 1 >= inputs.max_new_tokens) & ~state.done & ~is_eos & ~is_stop
+    finish = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, jnp.where(out_of_budget, LENGTH, state.finish)))
     return state.replace(
         step=t + 1,
         last=token,
         tokens=jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, t)),
         logprobs=jax.lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, t)),
         lengths=jnp.where(state.done, state.lengths, t + 1),
+        recent=recent,
         counts=state.counts.at[jnp.arange(token.shape[0]), token].add(jnp.where(state.done, 0, 1)),
-        done=state.done | is_eos | out_of_budget,
+        done=state.done | is_eos | is_stop | out_of_budget,
         finish=finish,
     )
+
+
+def match_stop(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
+    """[B] does `recent` [B, L] (the last L tokens) end with one of the stop sequences [S, L] (right-aligned)?"""
+    equal = (recent[:, None, :] == stop_seqs[None, :, :]) | (stop_seqs[None, :, :] < 0)  # [B, S, L]
+    used = jnp.any(stop_seqs >= 0, axis=-1)  # [S]
+    return jnp.any(jnp.all(equal, axis=-1) & used[None, :], axis=-1)
 
 
 def decode_step(logits_fn: LogitsFn, params, state: DecodeState, inputs: DecodeInputs) -> DecodeState:
@@ -111,6 +125,7 @@ def start(
         tokens=jnp.full((b, buffer), inputs.pad_id, jnp.int32),
         logprobs=jnp.zeros((b, buffer), jnp.float32),
         lengths=jnp.zeros((b,), jnp.int32),
+        recent=jnp.full((b, inputs.stop_seqs.shape[1]), -2, jnp.int32),
         done=~inputs.active,
         finish=jnp.full((b,), RUNNING, jnp.int32),
         keys=row_keys(seed, row_seeds),

@@ -88,6 +88,23 @@ def _per_row(
     return values
 
 
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index where the earliest stop string starts in `text`, or None."""
+    found = [i for i in (text.find(x) for x in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string."""
+    longest = 0
+    for x in stops:
+        for n in range(min(len(x) - 1, len(text)), longest, -1):
+            if text.endswith(x[:n]):
+                longest = n
+                break
+    return longest
+
+
 class Generator:
     """A model (config + params) with its tokenizer, and the compiled functions of the pipeline.
 
@@ -186,6 +203,7 @@ class Generator:
         frequency_penalty=0.0,
         logit_bias: dict[int, float] | Sequence[dict[int, float]] | None = None,
         min_new_tokens: int | Sequence[int] = 0,
+        stop_ids: Sequence[Sequence[int]] | None = None,
     ) -> _Prepared:
         """Validate every argument (before anything compiles) and build the traced inputs of the decode."""
         cfg = self.config
@@ -206,6 +224,7 @@ class Generator:
         frequencies = _per_row("frequency_penalty", frequency_penalty, rows, float, -2.0, 2.0)
         min_news = _per_row("min_new_tokens", min_new_tokens, rows, int, 0, cfg.max_seq_len)
         biases = self._check_bias(logit_bias, rows)
+        stop_seqs = self._check_stop_ids(stop_ids)
         for i, (p, n) in enumerate(zip(prompts, budgets)):
             check(
                 len(p) + n <= cfg.max_seq_len,
@@ -240,6 +259,7 @@ class Generator:
             max_new_tokens=fill(budgets).astype(np.int32),
             active=batch.active,
             eos_ids=np.array(eos + [-1] * (MAX_EOS_IDS - len(eos)), np.int32),
+            stop_seqs=stop_seqs,
             sampling=SamplingParams.make(b, temperature=temps, top_k=top_ks, top_p=top_ps, min_p=min_ps),
             penalties=Penalties.make(
                 b,
@@ -300,10 +320,11 @@ class Generator:
                 return
             state = self._step_jit(self.params, state, prep.inputs)
 
-    def stream(self, prompt: str, **settings) -> Iterator[str]:
+    def stream(self, prompt: str, *, stop: str | Sequence[str] | None = None, **settings) -> Iterator[str]:
         """Yield the continuation of one text prompt piece by piece; pieces never split a UTF-8 character.
 
-        The pieces concatenate to `generate(prompt, **settings).texts[0]` for the same settings and seed.
+        The pieces concatenate to `generate(prompt, stop=stop, **settings).texts[0]` for the same seed. Text that
+        could be the start of a stop string is held back until it is known not to be one.
         """
         tok = self._require_tokenizer()
         check(isinstance(prompt, str), InputError, f"prompt must be a string, got {type(prompt).__name__}")
@@ -311,17 +332,47 @@ class Generator:
         check(len(ids) > 0, InputError, "prompt is empty: give at least one character")
         if settings.get("seed") is None:
             settings["seed"] = secrets.randbits(32)
-        decoder = IncrementalDecoder(tok, ids)
-        for token in self.stream_ids(ids, **settings):
-            piece = decoder.add([token])
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+        stops, stop_ids = self._stop_ids(stop)
+        decoder, text, sent = IncrementalDecoder(tok, ids), "", 0
+        for token in self.stream_ids(ids, stop_ids=stop_ids, **settings):
+            text += decoder.add([token])
+            cut = _first_stop(text, stops)
+            if cut is not None:
+                if cut > sent:
+                    yield text[sent:cut]
+                return
+            ready = len(text) - _held_back(text, stops)
+            if ready > sent:
+                yield text[sent:ready]
+                sent = ready
+        text += decoder.flush()
+        cut = _first_stop(text, stops)
+        end = len(text) if cut is None else cut
+        if end > sent:
+            yield text[sent:end]
 
-    def generate(self, prompts: str | Sequence[str], **kwargs) -> GenerationResult:
-        """Text in, text out. Takes the settings of `generate_ids`; `texts` holds each continuation."""
+    def _stop_ids(self, stop) -> tuple[list[str], list[list[int]] | None]:
+        if stop is None:
+            return [], None
+        stop = [stop] if isinstance(stop, str) else stop
+        check(
+            isinstance(stop, (list, tuple)) and all(isinstance(x, str) and x for x in stop),
+            InputError,
+            "stop must be a non-empty string or a list of non-empty strings",
+        )
+        tok = self._require_tokenizer()
+        ids = [tok._encode_one(x)[1:] if tok.add_bos else tok._encode_one(x) for x in stop]
+        return list(stop), ids
+
+    def generate(
+        self, prompts: str | Sequence[str], *, stop: str | Sequence[str] | None = None, **settings
+    ) -> GenerationResult:
+        """Text in, text out. Takes the settings of `generate_ids`; `texts` holds each continuation.
+
+        `stop`: strings that end a row (finish reason "stop"); the text ends before the stop string. They are
+        matched on token ids inside the loop and again on the text, so a stop string spelled with other tokens
+        than its own encoding is caught too.
+        """
         tok = self._require_tokenizer()
         single = isinstance(prompts, str)
         prompts = [prompts] if single else prompts
@@ -335,12 +386,26 @@ class Generator:
         ids = [tok.encode(p) for p in prompts]
         for i, p in enumerate(ids):
             check(len(p) > 0, InputError, f"prompt {i} is empty: give at least one character")
-        result = self.generate_ids(ids, **kwargs)
-        texts = []
-        for prompt_ids, new_ids in zip(ids, result.token_ids):
+        stops, stop_ids = self._stop_ids(stop)
+        result = self.generate_ids(ids, stop_ids=stop_ids, **settings)
+        texts, token_ids, logprobs, finish = [], [], [], list(result.finish_reasons)
+        for r, (prompt_ids, new_ids) in enumerate(zip(ids, result.token_ids)):
             decoder = IncrementalDecoder(tok, prompt_ids)
-            texts.append(decoder.add(new_ids) + decoder.flush())
-        return dataclasses.replace(result, texts=texts)
+            pieces = [decoder.add([t]) for t in new_ids]
+            pieces[-1:] = [(pieces[-1] if pieces else "") + decoder.flush()]
+            text = "".join(pieces)
+            cut = _first_stop(text, stops)
+            keep = len(new_ids)
+            if cut is not None:
+                text, finish[r] = text[:cut], "stop"
+                keep, total = 0, 0
+                while keep < len(pieces) and total + len(pieces[keep]) <= cut:
+                    total += len(pieces[keep])
+                    keep += 1
+            texts.append(text)
+            token_ids.append(new_ids[:keep])
+            logprobs.append(result.logprobs[r][:keep])
+        return dataclasses.replace(result, texts=texts, token_ids=token_ids, logprobs=logprobs, finish_reasons=finish)
 
     # ---- scoring ----------------------------------------------------------------------------------------------
     def _score_traced(self, params, tokens, valid):
@@ -403,6 +468,26 @@ class Generator:
         bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < v]
         check(not bad, InputError, f"{what} {i} holds token ids outside [0, vocab_size={v}): {bad[:5]}")
         return ids
+
+    def _check_stop_ids(self, stop_ids) -> np.ndarray:
+        """Up to 8 token sequences of 1..16 ids -> [8, 16] right-aligned, -1 filled."""
+        table = np.full((decode.MAX_STOP_SEQUENCES, decode.MAX_STOP_TOKENS), -1, np.int32)
+        if stop_ids is None:
+            return table
+        check(
+            isinstance(stop_ids, (list, tuple)) and len(stop_ids) <= decode.MAX_STOP_SEQUENCES,
+            InputError,
+            f"stop must be a list of at most {decode.MAX_STOP_SEQUENCES} sequences",
+        )
+        for i, seq in enumerate(stop_ids):
+            seq = self._check_ids(i, seq, what="stop sequence")
+            check(
+                len(seq) <= decode.MAX_STOP_TOKENS,
+                InputError,
+                f"stop sequence {i} has {len(seq)} tokens; at most {decode.MAX_STOP_TOKENS} are allowed",
+            )
+            table[i, decode.MAX_STOP_TOKENS - len(seq) :] = seq
+        return table
 
     def _check_bias(self, logit_bias, rows: int) -> list[dict[int, float]] | None:
         """One {token id: value in [-100, 100]} dict, or one per row."""

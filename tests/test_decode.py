@@ -39,6 +39,7 @@ def inputs_for(batch, max_new, eos=(), temperature=0.0):
         max_new_tokens=np.broadcast_to(np.asarray(max_new, np.int32), (rows,)).copy(),
         active=batch.active,
         eos_ids=np.array(eos, np.int32),
+        stop_seqs=np.full((8, 16), -1, np.int32),
         sampling=SamplingParams.make(rows, temperature=temperature),
         penalties=Penalties.make(rows, V),
         pad_id=np.int32(PAD),
@@ -101,3 +102,17 @@ def test_cache_full_stops_the_loop():
     )(batch.tokens, inputs_for(batch, 16), cache)
     assert int(state.step) == 4 and state.finish.tolist() == [decode.LENGTH]
     assert state.tokens[0, :4].tolist() == [2, 3, 4, 5]
+
+
+def test_stop_sequences_end_rows():
+    batch = left_pad([[1], [10], [20]], PAD)
+    inputs = inputs_for(batch, 12)
+    stops = np.full((8, 16), -1, np.int32)
+    stops[0, -3:] = [4, 5, 6]  # row 0 counts 2, 3, 4, 5, 6: stops after 6
+    stops[1, -1:] = [13]  # row 1: 11, 12, 13
+    stops[2, -2:] = [99, 25]  # never matches (99 never comes before 25)
+    state = run(batch.tokens, inputs.replace(stop_seqs=stops), buffer=16)
+    assert state.tokens[0, :5].tolist() == [2, 3, 4, 5, 6] and int(state.lengths[0]) == 5
+    assert state.tokens[1, :3].tolist() == [11, 12, 13] and int(state.lengths[1]) == 3
+    assert int(state.lengths[2]) == 12
+    assert [decode.FINISH_NAMES[int(f)] for f in state.finish[:3]] == ["stop", "stop", "length"]

@@ -176,3 +176,52 @@ def test_stream_stops_at_eos(small_tokenizer):
     k = next(i for i in range(1, len(full)) if full[i] not in full[:i])
     g2 = Generator(cfg.replace(eos_ids=(full[k],)), g.params, small_tokenizer)
     assert list(g2.stream_ids(ids, max_new_tokens=20, seed=3, temperature=1.0, top_p=1.0)) == full[: k + 1]
+
+
+@pytest.fixture(scope="module")
+def text_gen(small_tokenizer):
+    cfg = LLAMA_TINY.replace(vocab_size=320, pad_id=3)
+    return Generator.from_config(cfg, small_tokenizer, jax.random.key(8))
+
+
+def test_stop_strings(text_gen):
+    kw = {"max_new_tokens": 60, "seed": 4, "temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
+    full = text_gen.generate("ROMEO:", **kw).texts[0]
+    assert len(full) > 12
+    stop = full[8:11]  # a stop string taken from the middle of the free-running text
+    first = full.find(stop)
+    out = text_gen.generate("ROMEO:", stop=[stop, "never appears"], **kw)
+    assert out.texts[0] == full[:first] and out.finish_reasons == ["stop"]
+    assert text_gen.tokenizer.decode(text_gen.tokenizer.encode("ROMEO:") + out.token_ids[0]).startswith(
+        "ROMEO:" + out.texts[0]
+    )
+    assert "".join(text_gen.stream("ROMEO:", stop=[stop, "never appears"], **kw)) == out.texts[0]
+    unaffected = text_gen.generate("ROMEO:", stop=["never appears"], **kw)
+    assert unaffected.texts[0] == full and unaffected.finish_reasons == ["length"]
+
+
+def test_stop_string_split_across_tokens(text_gen):
+    """The stop string straddles two generated tokens whose boundary differs from the string's own encoding."""
+    tok = text_gen.tokenizer
+    kw = {"max_new_tokens": 60, "seed": 11, "temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
+    ids = text_gen.generate_ids([tok.encode("JULIET:")], **kw).token_ids[0]
+    pieces = [tok.decode(ids[: k + 1])[len(tok.decode(ids[:k])) :] for k in range(len(ids))]
+    k = next(i for i in range(3, len(ids) - 1) if pieces[i] and pieces[i + 1])
+    stop = pieces[k][-1] + pieces[k + 1][0]  # last character of one token + first of the next
+    if tok.encode(stop)[1:] == [ids[k], ids[k + 1]]:
+        pytest.skip("the straddling string happens to be its own encoding")
+    text = "".join(pieces)
+    out = text_gen.generate("JULIET:", stop=stop, **kw)
+    assert out.texts[0] == text[: text.find(stop)] and out.finish_reasons == ["stop"]
+
+
+def test_generate_ids_stop_sequences(text_gen):
+    kw = {"max_new_tokens": 30, "seed": 4, "temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
+    ids = text_gen.generate_ids([[1, 50, 60]], **kw).token_ids[0]
+    out = text_gen.generate_ids([[1, 50, 60]], stop_ids=[ids[5:7]], **kw)
+    end = next(i for i in range(1, len(ids)) if ids[i - 1 : i + 1] == ids[5:7]) + 1
+    assert out.token_ids[0] == ids[:end] and out.finish_reasons == ["stop"]
+    with pytest.raises(InputError, match="at most 16 are allowed"):
+        text_gen.generate_ids([[1]], stop_ids=[list(range(4, 24))])
+    with pytest.raises(InputError, match="stop must be a non-empty string"):
+        text_gen.generate("A", stop=[""])
