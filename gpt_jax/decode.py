@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from gpt_jax import penalties
 from gpt_jax.kv_cache import KVCache, cached_positions_and_mask
-from gpt_jax.sampling import SamplingParams, row_keys, sample, step_keys
+from gpt_jax.sampling import SamplingParams, row_keys, sample, sanitize, step_keys
 
 LogitsFn = Callable[..., tuple[jax.Array, KVCache]]
 RUNNING, EOS, LENGTH, STOP = 0, 1, 2, 3  # finish reasons
@@ -46,6 +46,8 @@ class DecodeState:
     last: jax.Array  # [B] the token fed to the next forward pass
     tokens: jax.Array  # [B, M] output buffer, pad where nothing was generated
     logprobs: jax.Array  # [B, M] log-probability of each generated token (0 on pad)
+    top_ids: jax.Array  # [B, M, k] the k most likely ids at each step (k = 0: not recorded)
+    top_logprobs: jax.Array  # [B, M, k] their log-probabilities
     lengths: jax.Array  # [B] tokens generated per row, a final EOS or stop sequence included
     recent: jax.Array  # [B, 16] the last generated tokens (-2 before the first), for stop sequences
     done: jax.Array  # [B]
@@ -83,12 +85,25 @@ def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInput
         last=token,
         tokens=jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, t)),
         logprobs=jax.lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, t)),
+        **_top_alternatives(state, logits, t),
         lengths=jnp.where(state.done, state.lengths, t + 1),
         recent=recent,
         counts=state.counts.at[jnp.arange(token.shape[0]), token].add(jnp.where(state.done, 0, 1)),
         done=state.done | is_eos | is_stop | out_of_budget,
         finish=finish,
     )
+
+
+def _top_alternatives(state: DecodeState, logits: jax.Array, t: jax.Array) -> dict:
+    """Record the k most likely ids under the raw distribution at step t (k from the buffers' static shape)."""
+    k = state.top_ids.shape[-1]
+    if k == 0:
+        return {}
+    values, ids = jax.lax.top_k(jax.nn.log_softmax(sanitize(logits), axis=-1), k)
+    return {
+        "top_ids": jax.lax.dynamic_update_slice(state.top_ids, ids[:, None].astype(jnp.int32), (0, t, 0)),
+        "top_logprobs": jax.lax.dynamic_update_slice(state.top_logprobs, values[:, None], (0, t, 0)),
+    }
 
 
 def match_stop(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
@@ -115,6 +130,7 @@ def start(
     seed: jax.Array,
     row_seeds: jax.Array,
     buffer: int,
+    top_logprobs: int = 0,
 ) -> DecodeState:
     """Prefill and choose the first token: the state the loop (or a stream) continues from."""
     logits, cache = prefill(logits_fn, params, tokens, inputs, cache)
@@ -124,6 +140,8 @@ def start(
         last=jnp.zeros((b,), jnp.int32),
         tokens=jnp.full((b, buffer), inputs.pad_id, jnp.int32),
         logprobs=jnp.zeros((b, buffer), jnp.float32),
+        top_ids=jnp.zeros((b, buffer, top_logprobs), jnp.int32),
+        top_logprobs=jnp.zeros((b, buffer, top_logprobs), jnp.float32),
         lengths=jnp.zeros((b,), jnp.int32),
         recent=jnp.full((b, inputs.stop_seqs.shape[1]), -2, jnp.int32),
         done=~inputs.active,
@@ -156,8 +174,9 @@ def generate_loop(
     seed: jax.Array,
     row_seeds: jax.Array,
     buffer: int,
+    top_logprobs: int = 0,
 ) -> DecodeState:
     """The whole decode: prefill, then `while_loop` until every row is done. Jit this (buffer static)."""
-    state = start(logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
+    state = start(logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer, top_logprobs)
     state = jax.lax.while_loop(running, lambda s: decode_step(logits_fn, params, s, inputs), state)
     return finish_rows(state)

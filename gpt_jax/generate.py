@@ -39,6 +39,7 @@ class GenerationResult:
     seed: int
     steps: int  # decode-loop iterations (prefill's token counts as one)
     texts: list[str] | None = None
+    top_logprobs: list[list[list[tuple[int, float]]]] | None = None  # per row, per token: (id, logprob) x k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class _Prepared:
     """Validated inputs of one decode: the padded batch, traced settings, and the static output buffer size."""
 
     rows: int
+    top_logprobs: int
     tokens: np.ndarray
     inputs: decode.DecodeInputs
     seed: int
@@ -127,8 +129,8 @@ class Generator:
         self.params = params
         self.model = Transformer(config)
         self.trace_count = 0
-        self._generate_jit = jax.jit(self._generate_traced, static_argnames=("buffer",))
-        self._start_jit = jax.jit(self._start_traced, static_argnames=("buffer",))
+        self._generate_jit = jax.jit(self._generate_traced, static_argnames=("buffer", "top_logprobs"))
+        self._start_jit = jax.jit(self._start_traced, static_argnames=("buffer", "top_logprobs"))
         self._step_jit = jax.jit(partial(decode.decode_step, self.logits_fn), donate_argnums=(1,))
         self._score_jit = jax.jit(self._score_traced)
 
@@ -169,21 +171,25 @@ class Generator:
             )
         return cache
 
-    def _start_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer):
+    def _start_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer, top_logprobs=0):
         self.trace_count += 1
         cache = self._new_cache(tokens.shape[0], tokens.shape[1] + buffer)
-        return decode.start(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
+        return decode.start(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer, top_logprobs)
 
-    def _generate_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer):
+    def _generate_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer, top_logprobs=0):
         self.trace_count += 1
         cache = self._new_cache(tokens.shape[0], tokens.shape[1] + buffer)
-        state = decode.generate_loop(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer)
+        state = decode.generate_loop(
+            self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer, top_logprobs
+        )
         return {
             "tokens": state.tokens,
             "logprobs": state.logprobs,
             "lengths": state.lengths,
             "finish": state.finish,
             "steps": state.step,
+            "top_ids": state.top_ids,
+            "top_logprobs": state.top_logprobs,
         }
 
     def _prepare(
@@ -204,8 +210,13 @@ class Generator:
         logit_bias: dict[int, float] | Sequence[dict[int, float]] | None = None,
         min_new_tokens: int | Sequence[int] = 0,
         stop_ids: Sequence[Sequence[int]] | None = None,
+        n: int = 1,
+        top_logprobs: int = 0,
     ) -> _Prepared:
-        """Validate every argument (before anything compiles) and build the traced inputs of the decode."""
+        """Validate every argument (before anything compiles) and build the traced inputs of the decode.
+
+        With n > 1 every prompt (and its per-prompt settings) is repeated n times, as consecutive rows.
+        """
         cfg = self.config
         check(
             isinstance(prompts, (list, tuple)) and len(prompts) > 0,
@@ -225,11 +236,30 @@ class Generator:
         min_news = _per_row("min_new_tokens", min_new_tokens, rows, int, 0, cfg.max_seq_len)
         biases = self._check_bias(logit_bias, rows)
         stop_seqs = self._check_stop_ids(stop_ids)
-        for i, (p, n) in enumerate(zip(prompts, budgets)):
+        check(
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64,
+            InputError,
+            f"n must be an integer in [1, 64], got {n!r}",
+        )
+        check(
+            isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool) and 0 <= top_logprobs <= 20,
+            InputError,
+            f"top_logprobs must be an integer in [0, 20], got {top_logprobs!r}",
+        )
+        if n > 1:
+            repeat = lambda xs: [x for x in xs for _ in range(n)]
+            prompts, budgets, temps, top_ks, top_ps, min_ps = map(
+                repeat, (prompts, budgets, temps, top_ks, top_ps, min_ps)
+            )
+            reps, presences, frequencies, min_news = map(repeat, (reps, presences, frequencies, min_news))
+            biases = repeat(biases) if biases is not None else None
+            rows *= n
+        for i, (p, budget) in enumerate(zip(prompts, budgets)):
             check(
-                len(p) + n <= cfg.max_seq_len,
+                len(p) + budget <= cfg.max_seq_len,
                 InputError,
-                f"prompt {i} has {len(p)} tokens; with max_new_tokens={n} that is {len(p) + n}, more than the "
+                f"prompt {i} has {len(p)} tokens; with max_new_tokens={budget} that is {len(p) + budget}, "
+                f"more than the "
                 f"model's context of {cfg.max_seq_len} tokens",
             )
         if seed is None:
@@ -273,6 +303,7 @@ class Generator:
             pad_id=np.int32(cfg.pad_id),
         )
         return _Prepared(
+            top_logprobs=top_logprobs,
             rows=rows,
             tokens=batch.tokens,
             inputs=inputs,
@@ -293,7 +324,13 @@ class Generator:
         """
         prep = self._prepare(prompts, **settings)
         out = self._generate_jit(
-            self.params, prep.tokens, prep.inputs, np.uint32(prep.seed), prep.row_seeds, buffer=prep.buffer
+            self.params,
+            prep.tokens,
+            prep.inputs,
+            np.uint32(prep.seed),
+            prep.row_seeds,
+            buffer=prep.buffer,
+            top_logprobs=prep.top_logprobs,
         )
         out = jax.device_get(out)
         rows, lengths = prep.rows, out["lengths"][: prep.rows]
@@ -303,6 +340,15 @@ class Generator:
             logprobs=[out["logprobs"][r, : lengths[r]].tolist() for r in range(rows)],
             seed=prep.seed,
             steps=int(out["steps"]),
+            top_logprobs=[
+                [
+                    list(zip(out["top_ids"][r, i].tolist(), out["top_logprobs"][r, i].tolist()))
+                    for i in range(lengths[r])
+                ]
+                for r in range(rows)
+            ]
+            if prep.top_logprobs
+            else None,
         )
 
     def stream_ids(self, prompt: Sequence[int], **settings) -> Iterator[int]:
@@ -388,8 +434,10 @@ class Generator:
             check(len(p) > 0, InputError, f"prompt {i} is empty: give at least one character")
         stops, stop_ids = self._stop_ids(stop)
         result = self.generate_ids(ids, stop_ids=stop_ids, **settings)
+        n = settings.get("n", 1)
         texts, token_ids, logprobs, finish = [], [], [], list(result.finish_reasons)
-        for r, (prompt_ids, new_ids) in enumerate(zip(ids, result.token_ids)):
+        for r, new_ids in enumerate(result.token_ids):
+            prompt_ids = ids[r // n]
             decoder = IncrementalDecoder(tok, prompt_ids)
             pieces = [decoder.add([t]) for t in new_ids]
             pieces[-1:] = [(pieces[-1] if pieces else "") + decoder.flush()]

@@ -225,3 +225,23 @@ def test_generate_ids_stop_sequences(text_gen):
         text_gen.generate_ids([[1]], stop_ids=[list(range(4, 24))])
     with pytest.raises(InputError, match="stop must be a non-empty string"):
         text_gen.generate("A", stop=[""])
+
+
+def test_n_samples_per_prompt(text_gen):
+    kw = {"max_new_tokens": 12, "seed": 3, "temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
+    out = text_gen.generate(["ROMEO:", "JULIET:"], n=3, **kw)
+    assert len(out.texts) == 6 and len(set(out.texts[:3])) == 3
+    # each sample has its own key: row r*n+j, the same as asking for that row directly
+    alone = text_gen.generate(["JULIET:"], row_seeds=[4], **kw)
+    assert alone.texts[0] == out.texts[4]
+
+
+def test_top_logprobs(text_gen):
+    out = text_gen.generate_ids([[1, 40, 41]], max_new_tokens=6, temperature=0.0, top_logprobs=3, ignore_eos=True)
+    for token, lp, alts in zip(out.token_ids[0], out.logprobs[0], out.top_logprobs[0]):
+        assert len(alts) == 3 and alts[0] == (token, pytest.approx(lp, abs=1e-5))  # greedy: the best alternative
+        assert alts[0][1] >= alts[1][1] >= alts[2][1]
+    with pytest.raises(InputError, match=r"top_logprobs must be an integer in \[0, 20\]"):
+        text_gen.generate_ids([[1]], top_logprobs=50)
+    with pytest.raises(InputError, match=r"n must be an integer in \[1, 64\]"):
+        text_gen.generate_ids([[1]], n=0)
