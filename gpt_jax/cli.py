@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--min-p", type=float, default=0.0, help="0 means off")
     g.add_argument("--seed", type=int, default=None, help="default: a fresh seed, printed to stderr")
     g.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    g.add_argument("--stop", action="append", default=None, help="a stop string (repeat for several)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 means off")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="0 means off")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, help="0 means off")
+    g.add_argument("--min-new-tokens", type=int, default=0)
+    g.add_argument("--n", type=int, default=1, help="samples per prompt")
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     g.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
     g.add_argument("--stream", action="store_true", help="print the text as it is generated (one prompt at a time)")
@@ -59,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate(args) -> int:
     import gpt_jax
+    from gpt_jax.errors import InputError
 
     mesh = None
     if args.mesh:
@@ -73,8 +80,15 @@ def _generate(args) -> int:
         top_p=args.top_p,
         min_p=args.min_p,
         ignore_eos=args.ignore_eos,
+        stop=args.stop,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        min_new_tokens=args.min_new_tokens,
     )
     if args.stream:
+        if args.n != 1:
+            raise InputError("--stream prints one sample per prompt: use --n 1")
         seed = args.seed if args.seed is not None else secrets.randbits(32)
         if args.seed is None:
             print(f"seed: {seed}", file=sys.stderr)
@@ -84,10 +98,11 @@ def _generate(args) -> int:
                 print(piece, end="", flush=True)
             print()
         return 0
-    result = gen.generate(args.prompts, seed=args.seed, **settings)
+    result = gen.generate(args.prompts, seed=args.seed, n=args.n, **settings)
+    prompts = [p for p in args.prompts for _ in range(args.n)]
     if args.seed is None:
         print(f"seed: {result.seed}", file=sys.stderr)
-    for i, (prompt, text) in enumerate(zip(args.prompts, result.texts)):
+    for i, (prompt, text) in enumerate(zip(prompts, result.texts)):
         if args.json:
             print(
                 json.dumps(

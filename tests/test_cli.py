@@ -1,5 +1,7 @@
 """The command line: output, repeatability, and one-line errors with exit status 2."""
 
+import json
+
 import jax
 import pytest
 
@@ -50,6 +52,15 @@ def test_generate_prints_the_fresh_seed(capsys, model_dir):
         (["train", "/nonexistent.txt", "--out", "/tmp/x"], "text file not found: /nonexistent.txt"),
         (["train", "/nonexistent.txt", "--out", "/tmp/x", "--preset", "huge"], "--preset must be one of"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["generate", "x", "--repetition-penalty", "0"], "repetition_penalty must be float in (0.0, 100.0]"),
+        (["generate", "x", "--presence-penalty", "9"], "presence_penalty must be float in [-2.0, 2.0]"),
+        (["generate", "x", "--frequency-penalty", "-3"], "frequency_penalty must be float in [-2.0, 2.0]"),
+        (["generate", "x", "--min-new-tokens", "-1"], "min_new_tokens must be int in [0, 128]"),
+        (["generate", "x", "--n", "0"], "n must be an integer in [1, 64]"),
+        (["generate", "x", "--stop", ""], "stop must be a non-empty string"),
+        (["generate", "x", "--stream", "--n", "2"], "--stream prints one sample per prompt"),
+        (["generate", "x", "--mesh", "rows=2"], "--mesh must look like data=2,model=4"),
+        (["generate", "x", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(capsys, model_dir, argv, message):
@@ -63,6 +74,27 @@ def test_bad_input_is_one_line_and_status_2(capsys, model_dir, argv, message):
     assert code == 2
     assert message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_stop_and_n(capsys, model_dir):
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "A",
+        "--model",
+        model_dir,
+        "--seed",
+        "1",
+        "--n",
+        "2",
+        "--json",
+        "--max-new-tokens",
+        "6",
+        "--stop",
+        "zz",
+    )
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 2 and rows[0]["text"] != rows[1]["text"]
 
 
 def test_score_prints_perplexity(capsys, model_dir, tmp_path):
