@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--min-new-tokens", type=int, default=0)
     g.add_argument("--n", type=int, default=1, help="samples per prompt")
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: start jax.distributed, share the prompts out, print on host 0",
+    )
     g.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
     g.add_argument("--stream", action="store_true", help="print the text as it is generated (one prompt at a time)")
 
@@ -67,6 +72,26 @@ def _generate(args) -> int:
     import gpt_jax
     from gpt_jax.errors import InputError
 
+    if args.distributed:
+        from gpt_jax import distributed
+
+        distributed.initialize()
+        gen = gpt_jax.load(args.model, mesh=distributed.local_mesh())
+        out = distributed.generate(
+            gen,
+            args.prompts,
+            seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            ignore_eos=args.ignore_eos,
+        )
+        if out is not None:
+            for i, (prompt, text) in enumerate(zip(args.prompts, out.texts)):
+                print(("-" * 40 + "\n" if i else "") + prompt + text)
+        return 0
     mesh = None
     if args.mesh:
         from gpt_jax.sharding import parse_mesh
