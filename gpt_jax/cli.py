@@ -184,17 +184,13 @@ def _score(args) -> int:
     if not path.is_file():
         raise InputError(f"file not found: {path}")
     gen = gpt_jax.load(args.model)
-    text = path.read_text(encoding="utf-8")
-    ids = gen.tokenizer.encode(text)
-    ctx = gen.config.max_seq_len
-    body = ids[1:] if gen.tokenizer.add_bos else ids
-    prefix = ids[:1] if gen.tokenizer.add_bos else []
-    step = ctx - len(prefix)
-    chunks = [prefix + body[i : i + step] for i in range(0, len(body), step)]
-    chunks = [c for c in chunks if len(c) > 1]
-    if not chunks:
-        raise InputError(f"{path}: too short to score (needs at least one token after the first)")
-    result = gen.score_ids(chunks)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise InputError(f"{path}: empty file")
+    result = gen.score([text])
     nll = -sum(result.log_likelihood)
     print(
         json.dumps(

@@ -493,7 +493,11 @@ class Generator:
         return ScoreResult(log_likelihood=totals, num_tokens=[int(c) for c in counts])
 
     def score(self, texts: str | Sequence[str], batch_size: int = 8) -> ScoreResult:
-        """Teacher-forced log-likelihood of each text (BOS-prefixed as the tokenizer is configured)."""
+        """Teacher-forced log-likelihood of each text (BOS-prefixed as the tokenizer is configured).
+
+        A text longer than the context is scored in consecutive windows, each starting afresh (with BOS when the
+        tokenizer adds one); the per-window sums and counts are added up per text.
+        """
         tok = self._require_tokenizer()
         texts = [texts] if isinstance(texts, str) else texts
         check(
@@ -501,7 +505,23 @@ class Generator:
             InputError,
             "texts must be a string or a non-empty list of strings",
         )
-        return self.score_ids([tok.encode(t) for t in texts], batch_size)
+        windows, owner = [], []
+        prefix_len = 1 if tok.add_bos else 0
+        step = self.config.max_seq_len - prefix_len
+        for i, text in enumerate(texts):
+            ids = tok.encode(text)
+            prefix, body = ids[:prefix_len], ids[prefix_len:]
+            for start in range(0, max(len(body), 1), step):
+                window = prefix + body[start : start + step]
+                if window:
+                    windows.append(window)
+                    owner.append(i)
+        scored = self.score_ids(windows, batch_size)
+        totals, counts = [0.0] * len(texts), [0] * len(texts)
+        for i, ll, n in zip(owner, scored.log_likelihood, scored.num_tokens):
+            totals[i] += ll
+            counts[i] += n
+        return ScoreResult(log_likelihood=totals, num_tokens=counts)
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     def _check_ids(self, i: int, ids, what: str = "prompt") -> list[int]:

@@ -97,6 +97,14 @@ def test_stop_and_n(capsys, model_dir):
     assert code == 0 and len(rows) == 2 and rows[0]["text"] != rows[1]["text"]
 
 
+def test_score_rejects_binary_and_empty_files(capsys, model_dir, tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
+    (tmp_path / "empty.txt").write_text("  \n")
+    for name, message in (("bin.txt", "not UTF-8 text"), ("empty.txt", "empty file")):
+        code, _, err = run(capsys, "score", str(tmp_path / name), "--model", model_dir)
+        assert code == 2 and message in err and err.count("\n") == 1
+
+
 def test_score_prints_perplexity(capsys, model_dir, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 20)

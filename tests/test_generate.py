@@ -245,3 +245,12 @@ def test_top_logprobs(text_gen):
         text_gen.generate_ids([[1]], top_logprobs=50)
     with pytest.raises(InputError, match=r"n must be an integer in \[1, 64\]"):
         text_gen.generate_ids([[1]], n=0)
+
+
+def test_score_long_text_in_windows(text_gen):
+    text = "To be, or not to be, that is the question. " * 30
+    ids = text_gen.tokenizer.encode(text)
+    assert len(ids) > 2 * text_gen.config.max_seq_len
+    result = text_gen.score(text)
+    assert result.num_tokens == [len(ids) - 1]  # every token after BOS is scored once
+    assert np.isfinite(result.log_likelihood[0]) and result.log_likelihood[0] < 0
