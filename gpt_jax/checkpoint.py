@@ -91,8 +91,13 @@ def save(
     directory: str | os.PathLike,
     format: str = "native",
     extra_files: dict[str, bytes] | None = None,
+    weights_dtype: str | None = None,
 ) -> Path:
-    """Write `generator` as a model directory, atomically. format: "native" or "hf" (Hugging Face layout)."""
+    """Write `generator` as a model directory, atomically. format: "native" or "hf" (Hugging Face layout).
+
+    `weights_dtype` ("float16", "bfloat16", "float32") stores the tensors in that dtype (loading converts them
+    back to the config's dtype); default: as they are.
+    """
     check(format in ("native", "hf"), CheckpointError, f"format must be 'native' or 'hf', got {format!r}")
     target = Path(directory)
     if format == "hf":
@@ -102,6 +107,10 @@ def save(
     else:
         config_dict = generator.config.to_dict()
         tensors = {k: np.asarray(v) for k, v in flatten(generator.params).items()}
+    if weights_dtype is not None:
+        check(weights_dtype in ("float32", "float16", "bfloat16"), CheckpointError,
+              f"weights_dtype must be 'float32', 'float16' or 'bfloat16', got {weights_dtype!r}")
+        tensors = {k: np.asarray(jnp.asarray(v).astype(weights_dtype)) for k, v in tensors.items()}
     with atomic_directory(target) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2) + "\n")
         safetensors_io.write(tmp / WEIGHTS_FILE, tensors, metadata={"format": "np"})

@@ -149,3 +149,14 @@ def test_scalars_keep_their_rank(tmp_path):
     checkpoint.safetensors_io.write(tmp_path / "s.safetensors", {"count": np.int32(7), "v": np.ones((2, 3))})
     back = checkpoint.safetensors_io.read(tmp_path / "s.safetensors")
     assert back["count"].shape == () and int(back["count"]) == 7 and back["v"].shape == (2, 3)
+
+
+def test_half_precision_storage(model, tmp_path):
+    path = checkpoint.save(model, tmp_path / "half", weights_dtype="float16")
+    raw = checkpoint.safetensors_io.read(path / "model.safetensors")
+    assert all(v.dtype == np.float16 for v in raw.values())
+    g = gpt_jax.load(path)
+    assert g.params["embed"].dtype == np.float32
+    np.testing.assert_allclose(g.params["embed"], model.params["embed"], rtol=1e-3, atol=1e-4)
+    with pytest.raises(CheckpointError, match="weights_dtype must be"):
+        checkpoint.save(model, tmp_path / "bad", weights_dtype="int4")

@@ -1,0 +1,66 @@
+"""The bundled default model: it loads with no path, generates repeatably, and beats a unigram baseline."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import gpt_jax
+from gpt_jax.checkpoint import DEFAULT_MODEL
+from gpt_jax.train import Corpus, TrainConfig, token_nll, unigram_baseline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return gpt_jax.load()
+
+
+def test_bundled_directory_is_small_and_complete():
+    files = {p.name: p.stat().st_size for p in DEFAULT_MODEL.iterdir()}
+    assert set(files) == {"config.json", "model.safetensors", "tokenizer.model", "README.md"}
+    assert sum(files.values()) < 25 * 2**20
+
+
+def test_generates_repeatably(gen):
+    a = gen.generate("JULIET:", seed=1, max_new_tokens=40)
+    b = gen.generate("JULIET:", seed=1, max_new_tokens=40)
+    assert a.texts == b.texts and len(a.texts[0]) > 20
+
+
+def test_held_out_loss_beats_unigram(gen):
+    """The held-out split of training (every 20th 4096-token block) scored now, against a unigram model."""
+    card = json.loads((DEFAULT_MODEL / "README.md").read_text().split("```json")[1].split("```")[0])
+    tc = TrainConfig(**card["train_config"])
+    corpus = Corpus.from_text((ROOT / "data" / "shakespeare.txt").read_text(), gen.tokenizer, tc)
+    windows = corpus.val_windows(gen.tokenizer, tc)
+    nll = float(np.sum(jax.jit(lambda p, t: token_nll(gen.config, p, t))(gen.params, windows)))
+    per_token = nll / (windows.shape[0] * (windows.shape[1] - 1))
+    unigram = unigram_baseline(corpus, gen.config.vocab_size)
+    assert per_token < unigram - 2.0, (per_token, unigram)
+    assert abs(per_token - card["val_nats_per_token"]) < 0.01  # what the model card reports
+
+
+def test_int8_tracks_the_trained_model(gen):
+    q = gen.quantize_int8()
+    prompt = [gen.tokenizer.encode("ROMEO:")]
+    a = gen.generate_ids(prompt, max_new_tokens=200, temperature=0.0, ignore_eos=True).token_ids[0]
+    b = q.generate_ids(prompt, max_new_tokens=200, temperature=0.0, ignore_eos=True).token_ids[0]
+    same_prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    assert same_prefix >= 20, same_prefix
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_model(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, timeout=300)
+    wheel = next(tmp_path.glob("gpt_jax-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("config.json", "model.safetensors", "tokenizer.model"):
+        assert f"gpt_jax/assets/shakespeare/{f}" in names
