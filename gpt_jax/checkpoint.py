@@ -108,8 +108,11 @@ def save(
         config_dict = generator.config.to_dict()
         tensors = {k: np.asarray(v) for k, v in flatten(generator.params).items()}
     if weights_dtype is not None:
-        check(weights_dtype in ("float32", "float16", "bfloat16"), CheckpointError,
-              f"weights_dtype must be 'float32', 'float16' or 'bfloat16', got {weights_dtype!r}")
+        check(
+            weights_dtype in ("float32", "float16", "bfloat16"),
+            CheckpointError,
+            f"weights_dtype must be 'float32', 'float16' or 'bfloat16', got {weights_dtype!r}",
+        )
         tensors = {k: np.asarray(jnp.asarray(v).astype(weights_dtype)) for k, v in tensors.items()}
     with atomic_directory(target) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2) + "\n")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.quantize import contract
+from gpt_jax.quantize import Int8Kernel, contract
 
 MASK_VALUE = -1e30  # finite, so a fully masked row gives a uniform softmax, never NaN
 init_weight = nn.initializers.normal(0.02)
@@ -62,6 +62,13 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def _merge_heads(w):
+    """[N, H, D] -> [N*H, D] (a free reshape), also for an int8 kernel."""
+    if isinstance(w, Int8Kernel):
+        return Int8Kernel(q=w.q.reshape(-1, w.q.shape[-1]), scale=w.scale, in_axes=1)
+    return w.reshape(-1, w.shape[-1])
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention over the KV cache (or over the sequence itself when no cache is given)."""
 
@@ -84,16 +91,19 @@ class Attention(nn.Module):
         q, key, value = proj("q", n), proj("k", k), proj("v", k)  # [B, T, N|K, H]
         if cfg.position == "rope":
             q, key = rope(q, positions, cfg.rope_theta), rope(key, positions, cfg.rope_theta)
-        if cache is not None:
-            cache, key, value = cache.write(self.layer, key, value)  # key, value: [B, S, K, H]
         b, t = q.shape[:2]
-        q = q.reshape(b, t, k, n // k, h)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, key, preferred_element_type=jnp.float32) / math.sqrt(h)
+        if cache is not None:
+            cache, key, value = cache.write(self.layer, key, value)  # [B, K, S, H]
+        else:
+            key, value = jnp.transpose(key, (0, 2, 1, 3)), jnp.transpose(value, (0, 2, 1, 3))  # [B, K, T, H]
+        q = q.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+        scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, key, preferred_element_type=jnp.float32) / math.sqrt(h)
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value).reshape(b, t, n, h)
+        out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, value)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)  # [B, T, N*H]: heads in the kernel's order
         w_o = self.param("o_kernel", out_init, (n, h, d), dtype)
-        y = contract("BTNH,NHD->BTD", out, w_o)
+        y = contract("BTI,IO->BTO", out, _merge_heads(w_o))
         if cfg.attn_bias:
             y = y + self.param("o_bias", nn.initializers.zeros, (d,), dtype)
         return y, cache

@@ -108,10 +108,15 @@ def _filter(x: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]
     scaled = jnp.clip(x / temperature[:, None], -SCALED_LIMIT, SCALED_LIMIT)
     keys = _sortable(scaled)
     top_k = jnp.where((params.top_k > 0) & ~greedy, jnp.minimum(params.top_k, v), jnp.where(greedy, 1, v))
-    keep = _keep_top(keys, jnp.ones_like(scaled), top_k.astype(jnp.float32))
+    everything = jnp.ones(scaled.shape, bool)
+    keep = jax.lax.cond(
+        jnp.any(top_k < v),
+        lambda: _keep_top(keys, jnp.ones_like(scaled), top_k.astype(jnp.float32)),
+        lambda: everything,
+    )  # the bisections run only when some row uses the filter
     probs = jax.nn.softmax(jnp.where(keep, scaled, MASK_VALUE), axis=-1)
     top_p = jnp.where(params.top_p >= 1.0, 2.0, params.top_p)  # 1 means off (float rounding must not drop tokens)
-    keep &= _keep_top(_sortable(probs), probs, top_p)
+    keep &= jax.lax.cond(jnp.any(top_p <= 1.0), lambda: _keep_top(_sortable(probs), probs, top_p), lambda: everything)
     keep &= probs >= params.min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
     return scaled, keep
 

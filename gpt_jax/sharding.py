@@ -105,8 +105,8 @@ def shard_params(config: ModelConfig, params: dict, mesh: Mesh) -> dict:
 
 
 def cache_spec() -> P:
-    """KV cache [B, S, K, H]: rows on data, kv heads on model."""
-    return P("data", None, "model", None)
+    """KV cache [B, K, S, H]: rows on data, kv heads on model."""
+    return P("data", "model", None, None)
 
 
 def batch_spec() -> P:
