@@ -72,32 +72,6 @@ def _generate(args) -> int:
     import gpt_jax
     from gpt_jax.errors import InputError
 
-    if args.distributed:
-        from gpt_jax import distributed
-
-        distributed.initialize()
-        gen = gpt_jax.load(args.model, mesh=distributed.local_mesh())
-        out = distributed.generate(
-            gen,
-            args.prompts,
-            seed=args.seed,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            min_p=args.min_p,
-            ignore_eos=args.ignore_eos,
-        )
-        if out is not None:
-            for i, (prompt, text) in enumerate(zip(args.prompts, out.texts)):
-                print(("-" * 40 + "\n" if i else "") + prompt + text)
-        return 0
-    mesh = None
-    if args.mesh:
-        from gpt_jax.sharding import parse_mesh
-
-        mesh = parse_mesh(args.mesh)
-    gen = gpt_jax.load(args.model, mesh=mesh)
     settings = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -111,6 +85,22 @@ def _generate(args) -> int:
         frequency_penalty=args.frequency_penalty,
         min_new_tokens=args.min_new_tokens,
     )
+    if args.distributed:
+        from gpt_jax import distributed
+
+        distributed.initialize()
+        gen = gpt_jax.load(args.model, mesh=distributed.local_mesh())
+        out = distributed.generate(gen, args.prompts, seed=args.seed, **settings)
+        if out is not None:
+            for i, (prompt, text) in enumerate(zip(args.prompts, out.texts)):
+                print(("-" * 40 + "\n" if i else "") + prompt + text)
+        return 0
+    mesh = None
+    if args.mesh:
+        from gpt_jax.sharding import parse_mesh
+
+        mesh = parse_mesh(args.mesh)
+    gen = gpt_jax.load(args.model, mesh=mesh)
     if args.stream:
         if args.n != 1:
             raise InputError("--stream prints one sample per prompt: use --n 1")
