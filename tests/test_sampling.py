@@ -156,3 +156,37 @@ def test_large_flat_vocabulary_statistics():
             np.asarray(probabilities(jnp.asarray(logits)[None], SamplingParams.make(1, **case)))[0], expected, atol=1e-6
         )
         assert_matches_distribution(tokens, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(st.floats(-30, 30, width=32), min_size=16, max_size=16),
+    top_p=st.floats(0.01, 0.999),
+    temperature=st.sampled_from([0.5, 1.0, 2.0]),
+)
+def test_top_p_keeps_the_smallest_prefix_reaching_p(logits, top_p, temperature):
+    x = np.array(logits, np.float32)
+    params = SamplingParams.make(1, temperature=temperature, top_p=top_p)
+    kept = np.asarray(probabilities(jnp.asarray(x)[None], params))[0] > 0
+    p = np.exp((x - x.max()) / temperature)
+    p /= p.sum()
+    order = np.argsort(-(x / temperature), kind="stable")
+    count = int(kept.sum())
+    assert set(np.nonzero(kept)[0]) == set(order[:count])  # a prefix of the ranking
+    mass = np.cumsum(p[order])
+    assert mass[count - 1] >= top_p - 1e-5  # it reaches p ...
+    assert count == 1 or mass[count - 2] < top_p + 1e-5  # ... and one token fewer would not
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=st.lists(_ANY_FLOAT, min_size=16, max_size=16), top_k=st.integers(0, 20), seed=st.integers(0, 99))
+def test_greedy_is_the_argmax_of_the_processed_logits(logits, top_k, seed):
+    from gpt_jax.penalties import Penalties, apply
+
+    x = jnp.asarray(np.array(logits, np.float32))[None]
+    pen = Penalties.make(1, 16, repetition_penalty=1.3, logit_bias={3: 2.0})
+    counts = jnp.zeros((1, 16), jnp.int32).at[0, seed % 16].set(2)
+    processed = apply(x, pen, counts > 0, counts, jnp.int32(1), jnp.array([-1]))
+    token, _ = _sample_one(jax.random.split(jax.random.key(seed), 1), processed,
+                           SamplingParams.make(1, temperature=0.0, top_k=top_k))
+    assert int(token[0]) == int(np.argmax(np.asarray(processed)[0]))

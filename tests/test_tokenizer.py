@@ -123,3 +123,32 @@ def test_encode_rejects_non_strings(mistral_tokenizer):
 def test_vocab_too_small_for_corpus_is_a_typed_error(corpus_slice):
     with pytest.raises(InputError, match="vocab_size=270"):
         train_tokenizer([corpus_slice], 270, "unigram")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_UNICODE = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8", exclude_categories=("Cs",)),
+        st.sampled_from(list("繁體中文測試漢字😀🎉👩\u200d👧é\n \t")),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_UNICODE)
+def test_fuzzed_round_trip_and_streaming(mistral_tokenizer, small_tokenizer, text):
+    for tok in (mistral_tokenizer, small_tokenizer):
+        ids = tok.encode(text)
+        if tok is small_tokenizer:  # identity normalization: exact for any text
+            assert tok.decode(ids) == text
+        else:
+            ref = spm.SentencePieceProcessor(model_file=str(MISTRAL_MODEL))
+            assert tok.decode(ids) == ref.decode(ids[1:])
+        pieces = stream_pieces(tok, ids)
+        assert "".join(pieces) == tok.decode(ids)
+        for p in pieces:
+            assert "\ufffd" not in p or "\ufffd" in text
+            p.encode("utf-8")
