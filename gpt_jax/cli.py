@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, help="JSON file of ModelConfig fields overriding the preset")
     t.add_argument("--vocab-size", type=int, default=None)
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--mesh", default=None, help="e.g. data=2,model=4 (default: every device on data)")
     from gpt_jax.train import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
@@ -157,7 +158,12 @@ def _train(args) -> int:
     if args.vocab_size:
         config = config.replace(vocab_size=args.vocab_size)
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    trainer = train(args.files, args.out, config, tc, resume=args.resume)
+    mesh = None
+    if args.mesh:
+        from gpt_jax.sharding import parse_mesh
+
+        mesh = parse_mesh(args.mesh)
+    trainer = train(args.files, args.out, config, tc, resume=args.resume, mesh=mesh)
     final = trainer.history[-1] if trainer.history else trainer.evaluate()
     final["unigram_val_nats_per_token"] = unigram_baseline(trainer.corpus, config.vocab_size)
     final["params"] = config.num_params

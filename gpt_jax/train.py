@@ -24,6 +24,7 @@ from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, check
 from gpt_jax.generate import Generator
 from gpt_jax.model import forward, init_params
+from gpt_jax.sharding import make_mesh, shard_params
 from gpt_jax.tokenizer import Tokenizer, train_tokenizer
 
 STATE_FILE, OPT_FILE = "train_state.json", "optimizer.safetensors"
@@ -139,7 +140,10 @@ class Trainer:
         corpus: Corpus,
         tc: TrainConfig,
         out_dir: str | Path | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ):
+        """`mesh` ("data", "model"): params by the partition rules of `sharding`, the batch on `data`. Default: all
+        devices on `data` (plain data parallelism), or none with one device."""
         tc.validate()
         self.config, self.tokenizer, self.corpus, self.tc = config, tokenizer, corpus, tc
         self.out_dir = Path(out_dir) if out_dir else None
@@ -147,14 +151,18 @@ class Trainer:
         self.params = init_params(config, jax.random.key(tc.seed))
         self.opt_state = self.optimizer.init(self.params)
         self.step, self.history = 0, []
-        devices = jax.devices()
-        self.mesh = jax.sharding.Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
-        if self.mesh is not None:
+        if mesh is None and len(jax.devices()) > 1:
+            mesh = make_mesh(data=len(jax.devices()), model=1)
+        self.mesh = mesh
+        if mesh is not None:
+            data = mesh.shape["data"]
             check(
-                tc.batch_size % len(devices) == 0,
+                tc.batch_size % data == 0,
                 InputError,
-                f"batch_size={tc.batch_size} must divide evenly over {len(devices)} devices (data axis)",
+                f"batch_size={tc.batch_size} must divide evenly over the mesh's data axis of size {data}",
             )
+            self.params = shard_params(config, self.params, mesh)
+            self.opt_state = self.optimizer.init(self.params)
         self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1))
         self._eval = jax.jit(lambda p, t: token_nll(config, p, t))
 
@@ -250,6 +258,11 @@ class Trainer:
             )
         self.opt_state = jax.tree_util.tree_unflatten(treedef, restored)
         self.params = jax.tree_util.tree_map(jnp.array, loaded.params)
+        if self.mesh is not None:
+            self.params = shard_params(self.config, self.params, self.mesh)
+            self.opt_state = jax.device_put(
+                self.opt_state, jax.tree_util.tree_map(lambda x: x.sharding, self.optimizer.init(self.params))
+            )
         self.step, self.history = state["step"], state["history"]
 
 
@@ -274,6 +287,7 @@ def train(
     tokenizer: Tokenizer | None = None,
     resume: bool = False,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Trainer:
     """Train a tokenizer (unless given) and a model on `text_files`; checkpoints go to `out_dir`."""
     for f in text_files:
@@ -291,7 +305,7 @@ def train(
     config = config.replace(bos_id=tokenizer.bos_id, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id, add_bos=True)
     text = "".join(Path(f).read_text(encoding="utf-8") for f in text_files)
     corpus = Corpus.from_text(text, tokenizer, tc)
-    trainer = Trainer(config, tokenizer, corpus, tc, out_dir)
+    trainer = Trainer(config, tokenizer, corpus, tc, out_dir, mesh)
     if resume:
         trainer.resume(out_dir)
     trainer.run(progress=progress)

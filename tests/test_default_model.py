@@ -58,8 +58,11 @@ def test_int8_tracks_the_trained_model(gen):
 
 @pytest.mark.slow
 def test_wheel_ships_the_model(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
     wheel = next(tmp_path.glob("gpt_jax-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in ("config.json", "model.safetensors", "tokenizer.model"):

@@ -187,6 +187,7 @@ def test_greedy_is_the_argmax_of_the_processed_logits(logits, top_k, seed):
     pen = Penalties.make(1, 16, repetition_penalty=1.3, logit_bias={3: 2.0})
     counts = jnp.zeros((1, 16), jnp.int32).at[0, seed % 16].set(2)
     processed = apply(x, pen, counts > 0, counts, jnp.int32(1), jnp.array([-1]))
-    token, _ = _sample_one(jax.random.split(jax.random.key(seed), 1), processed,
-                           SamplingParams.make(1, temperature=0.0, top_k=top_k))
+    token, _ = _sample_one(
+        jax.random.split(jax.random.key(seed), 1), processed, SamplingParams.make(1, temperature=0.0, top_k=top_k)
+    )
     assert int(token[0]) == int(np.argmax(np.asarray(processed)[0]))

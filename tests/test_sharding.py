@@ -37,3 +37,27 @@ def test_mesh_arguments_are_checked():
     with pytest.raises(InputError, match="--mesh must look like data=2,model=4"):
         parse_mesh("rows=2")
     assert parse_mesh(f"data={n},model=1").shape == {"data": n, "model": 1}
+
+
+@pytest.mark.slow
+def test_sharded_training_matches_one_device(small_tokenizer, corpus_slice, tmp_path):
+    model = tmp_path / "tok.model"
+    model.write_bytes(small_tokenizer.model_bytes)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    helper = Path(__file__).parent / "helpers" / "sharded_training.py"
+    out = subprocess.run(
+        [sys.executable, str(helper), str(model), str(corpus_slice)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    for mesh in ("8x1", "2x4"):
+        assert report[mesh]["max_param_diff"] < 1e-4, report
+        assert abs(report[mesh]["loss"] - report["single_loss"]) < 1e-4, report
