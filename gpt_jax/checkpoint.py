@@ -101,9 +101,9 @@ def save(
     check(format in ("native", "hf"), CheckpointError, f"format must be 'native' or 'hf', got {format!r}")
     target = Path(directory)
     if format == "hf":
-        from gpt_jax import hf
+        from gpt_jax.hf_export import export_tensors
 
-        config_dict, tensors = hf.export_tensors(generator.config, generator.params)
+        config_dict, tensors = export_tensors(generator.config, generator.params)
     else:
         config_dict = generator.config.to_dict()
         tensors = {k: np.asarray(v) for k, v in flatten(generator.params).items()}

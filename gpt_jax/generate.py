@@ -26,7 +26,6 @@ from gpt_jax.settings import Prepared, check_ids, first_stop, held_back, prepare
 from gpt_jax.tokenizer import IncrementalDecoder, Tokenizer
 
 
-
 @dataclasses.dataclass(frozen=True)
 class GenerationResult:
     """One entry per prompt. token_ids are the generated ids (EOS included when it ended the row)."""
