@@ -1,4 +1,4 @@
-"""Step 2: ragged prompts -> one left-padded batch with bucketed shapes (DESIGN decisions 3 and 4).
+"""Step 2: ragged prompts -> one left-padded batch with bucketed shapes.
 
 Left padding puts every row's last prompt token in the same column, so the whole batch writes one cache slot per
 step. Lengths are padded to buckets (powers of two) so that nearby sizes share one compiled program.

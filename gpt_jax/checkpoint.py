@@ -1,4 +1,4 @@
-"""Model directories (DESIGN decision 8): `config.json` + `model.safetensors` + `tokenizer.model`.
+"""Model directories: `config.json` + `model.safetensors` + `tokenizer.model`.
 
 `save` writes into a temporary sibling directory and renames it into place, so an interrupted save never leaves a
 half-written directory under the target name, and a previous checkpoint there stays loadable until the new one is

@@ -6,7 +6,7 @@
     out = dist.generate(gen, prompts, max_new_tokens=64, seed=0)   # a GenerationResult on host 0, None elsewhere
 
 Host h generates prompts h, h + H, h + 2H, ... on its own devices, with the global row index as each row's seed
-(DESIGN decision 6), so the gathered output equals a single-process run of the whole batch.
+(fold_in(key(seed), row)), so the gathered output equals a single-process run of the whole batch.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class Transformer(nn.Module):
             )
         for layer in range(
             cfg.n_layers
-        ):  # unrolled: per-layer weights are read in place (notes/xla-cpu-measurements.md)
+        ):  # unrolled: per-layer weights are read in place, no per-step slice of a stacked array
             x, cache = Block(cfg, layer, name=f"layer_{layer}")(x, positions, mask, cache)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:

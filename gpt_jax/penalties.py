@@ -1,4 +1,4 @@
-"""Logit processing before the sampler (DESIGN decision 7: bias -> penalties -> temperature -> ...).
+"""Logit processing before the sampler (order, as in vLLM: bias -> penalties -> temperature -> ...).
 
 Conventions, per row:
 - logit bias: a value added to chosen token ids' logits (OpenAI's `logit_bias`).

@@ -1,6 +1,6 @@
 """Steps 5 and 6: logits -> processed logits -> probabilities, and one draw per row from that row's key.
 
-Order (DESIGN decision 7): temperature -> top-k -> top-p -> min-p -> draw. Every setting is a per-row traced value,
+Order (as in vLLM): temperature -> top-k -> top-p -> min-p -> draw. Every setting is a per-row traced value,
 so changing one never recompiles. Off values: top_k = 0, top_p = 1, min_p = 0; temperature = 0 means greedy.
 Masked logits are a large finite negative, and inputs are sanitized first, so NaN or infinite logits can never
 produce NaN probabilities or a token outside the vocabulary.
@@ -101,7 +101,7 @@ def _keep_top(keys: jax.Array, weights: jax.Array, budget: jax.Array) -> jax.Arr
 
 
 def _filter(x: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
-    """Sanitized logits [B, V] -> (scaled logits, keep mask), in DESIGN order: temperature, top-k, top-p, min-p."""
+    """Sanitized logits [B, V] -> (scaled logits, keep mask), in order: temperature, top-k, top-p, min-p."""
     v = x.shape[-1]
     greedy = params.temperature <= 0
     temperature = jnp.where(greedy, 1.0, params.temperature)
@@ -164,7 +164,7 @@ def sample(
 
 
 def row_keys(seed: jax.Array, row_seeds: jax.Array) -> jax.Array:
-    """[B] row keys: fold_in(key(seed), row_seed) (DESIGN decision 6)."""
+    """[B] row keys: fold_in(key(seed), row_seed) (see decode.py)."""
     base = jax.random.key(seed)
     return jax.vmap(lambda s: jax.random.fold_in(base, s))(row_seeds)
 

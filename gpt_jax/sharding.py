@@ -1,4 +1,4 @@
-"""Scale-out on JAX's own runtime (DESIGN decision 10): a ("data", "model") mesh and partition rules.
+"""Scale-out on JAX's own runtime: a ("data", "model") mesh and partition rules.
 
 Attention heads, MLP width and (where it divides) the vocabulary go on `model`; the batch and the KV cache's rows go
 on `data`, the cache's kv heads on `model`. XLA inserts the collectives. The same code runs on one CPU, a Colab TPU

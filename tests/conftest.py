@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configs, the real Mistral tokenizer from ../shared/data, and a tokenizer trained here."""
+"""Shared fixtures: tiny configs, a real-world Mistral tokenizer (tests/data), and a tokenizer trained here."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from gpt_jax.config import GPT2_TINY, LLAMA_TINY
 from gpt_jax.tokenizer import Tokenizer, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 CORPUS = ROOT / "data" / "shakespeare.txt"
-MISTRAL_MODEL = SHARED / "mistral_v1_tokenizer.model"
+MISTRAL_MODEL = ROOT / "tests" / "data" / "mistral_v1_tokenizer.model"
 
 TINY_CONFIGS = {"gpt2": GPT2_TINY, "llama": LLAMA_TINY}
 
@@ -25,7 +24,7 @@ TINY_CONFIGS = {"gpt2": GPT2_TINY, "llama": LLAMA_TINY}
 @pytest.fixture(scope="session")
 def mistral_tokenizer() -> Tokenizer:
     if not MISTRAL_MODEL.is_file():
-        pytest.fail(f"{MISTRAL_MODEL} is missing: the tests need ../shared/data beside the checkout")
+        pytest.fail(f"{MISTRAL_MODEL} is missing")
     return Tokenizer(MISTRAL_MODEL)
 
 
