@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.sampling import MASK_VALUE, sanitize
+from gpt_jax.sampling import MASK_VALUE, fill_rows, sanitize
 
 
 @flax.struct.dataclass
@@ -44,12 +44,6 @@ class Penalties:
         """Scalars broadcast; lists give one value per row (filler rows copy the last). logit_bias: one dict for
         every row or one dict per row, {token id: value}."""
 
-        def per_row(value, dtype):
-            arr = np.asarray(value, dtype)
-            if arr.ndim == 0:
-                return np.full(rows, arr, dtype)
-            return np.concatenate([arr, np.full(rows - len(arr), arr[-1], dtype)])
-
         bias = np.zeros((rows, vocab), np.float32)
         if logit_bias:
             dicts = logit_bias if isinstance(logit_bias, (list, tuple)) else [logit_bias]
@@ -57,11 +51,11 @@ class Penalties:
                 for token, value in dicts[min(r, len(dicts) - 1)].items():
                     bias[r, int(token)] = value
         return cls(
-            repetition=per_row(repetition_penalty, np.float32),
-            presence=per_row(presence_penalty, np.float32),
-            frequency=per_row(frequency_penalty, np.float32),
+            repetition=fill_rows(repetition_penalty, rows, np.float32),
+            presence=fill_rows(presence_penalty, rows, np.float32),
+            frequency=fill_rows(frequency_penalty, rows, np.float32),
             bias=bias,
-            min_new_tokens=per_row(min_new_tokens, np.int32),
+            min_new_tokens=fill_rows(min_new_tokens, rows, np.int32),
         )
 
 

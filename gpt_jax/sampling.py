@@ -10,7 +10,7 @@ Axes: B batch, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -20,6 +20,15 @@ import numpy as np
 MASK_VALUE = -1e30  # below every sanitized logit
 LOGIT_LIMIT = 1e20  # raw logits are clipped to +-LOGIT_LIMIT (NaN -> -LOGIT_LIMIT)
 SCALED_LIMIT = 1e28  # logits / temperature are clipped to +-SCALED_LIMIT
+
+
+def fill_rows(value, rows: int, dtype) -> np.ndarray:
+    """A scalar broadcast to `rows`, or a per-row sequence extended to `rows` by repeating its last value (bucket
+    filler rows copy the last real row's settings)."""
+    arr = np.asarray(value, dtype)
+    if arr.ndim == 0:
+        return np.full(rows, arr, dtype)
+    return np.concatenate([arr, np.full(rows - len(arr), arr[-1], dtype)])
 
 
 @flax.struct.dataclass
@@ -35,17 +44,11 @@ class SamplingParams:
     def make(cls, rows: int, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> SamplingParams:
         """Scalars are broadcast to `rows`; sequences must already have one value per row (filler rows get the last)."""
 
-        def per_row(value, dtype):
-            arr = np.asarray(value, dtype)
-            if arr.ndim == 0:
-                return np.full(rows, arr, dtype)
-            return np.concatenate([arr, np.full(rows - len(arr), arr[-1], dtype)])
-
         return cls(
-            temperature=per_row(temperature, np.float32),
-            top_k=per_row(top_k, np.int32),
-            top_p=per_row(top_p, np.float32),
-            min_p=per_row(min_p, np.float32),
+            temperature=fill_rows(temperature, rows, np.float32),
+            top_k=fill_rows(top_k, rows, np.int32),
+            top_p=fill_rows(top_p, rows, np.float32),
+            min_p=fill_rows(min_p, rows, np.float32),
         )
 
 
@@ -172,10 +175,3 @@ def row_keys(seed: jax.Array, row_seeds: jax.Array) -> jax.Array:
 def step_keys(keys: jax.Array, step: jax.Array) -> jax.Array:
     """[B] keys for generated-token index `step`: fold_in(row_key, step)."""
     return jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-
-
-def as_rows(values: Sequence | float, rows: int) -> list:
-    """Helper for callers: a scalar repeated, or a per-row sequence checked for length."""
-    if isinstance(values, (list, tuple, np.ndarray)):
-        return list(values)
-    return [values] * rows

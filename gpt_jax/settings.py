@@ -18,7 +18,7 @@ from gpt_jax.batching import MIN_LENGTH_BUCKET, bucket, left_pad
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, check
 from gpt_jax.penalties import Penalties
-from gpt_jax.sampling import SamplingParams
+from gpt_jax.sampling import SamplingParams, fill_rows
 
 MAX_EOS_IDS = 8
 
@@ -166,10 +166,9 @@ def prepare(
     )
     b = batch.tokens.shape[0]
     eos = [] if ignore_eos else list(cfg.eos_ids)[:MAX_EOS_IDS]
-    fill = lambda xs: np.array(xs + [xs[-1]] * (b - rows))  # filler rows copy the last row's settings
     inputs = decode.DecodeInputs(
         pad_len=batch.pad_len,
-        max_new_tokens=fill(budgets).astype(np.int32),
+        max_new_tokens=fill_rows(budgets, b, np.int32),
         active=batch.active,
         eos_ids=np.array(eos + [-1] * (MAX_EOS_IDS - len(eos)), np.int32),
         stop_seqs=stop_seqs,
@@ -191,7 +190,7 @@ def prepare(
         tokens=batch.tokens,
         inputs=inputs,
         seed=int(seed),
-        row_seeds=fill(row_seeds).astype(np.int32),
+        row_seeds=fill_rows(row_seeds, b, np.int32),
         buffer=bucket(max(budgets), MIN_LENGTH_BUCKET),
     )
 
