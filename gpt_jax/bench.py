@@ -68,15 +68,17 @@ def peak_rss_mb() -> float:
 
 
 class JaxEngine:
-    def __init__(self, directory: Path, dtype: str, int8: bool = False):
+    def __init__(self, directory: Path, dtype: str, int8: str | None = None):
         import jax
 
         import gpt_jax
 
         self.gen = gpt_jax.load(directory, dtype=dtype)
         self.name = "gpt_jax"
-        if int8:
+        if int8 == "weights":
             self.gen, self.name = self.gen.quantize_int8(), "gpt_jax_int8"
+        elif int8 == "dynamic":
+            self.gen, self.name = self.gen.quantize_int8(activations=True), "gpt_jax_w8a8"
         self.weight_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(self.gen.params))
 
     def run(self, prompts, new_tokens, mode):
@@ -149,7 +151,7 @@ def bench(args) -> dict:
             make_checkpoint(shape, Path(tmp))
             engines = [JaxEngine(Path(tmp), args.dtype), TorchEngine(Path(tmp), args.dtype, args.threads)]
             if args.int8:
-                engines.append(JaxEngine(Path(tmp), args.dtype, int8=True))
+                engines += [JaxEngine(Path(tmp), args.dtype, int8=m) for m in ("weights", "dynamic")]
             rng = np.random.default_rng(0)
             for prompt_len in args.prompt_lens:
                 for batch in args.batches:
@@ -210,20 +212,25 @@ def bench(args) -> dict:
 
 def _format_row(r: dict) -> str:
     j, t = r["gpt_jax"], r["transformers"]
-    q = r.get("gpt_jax_int8")
-    int8 = f"{q['decode_tokens_per_s']} ({q['roofline_fraction']:.0%})" if q else "-"
+
+    def int8(name):
+        q = r.get(name)
+        return f"{q['decode_tokens_per_s']} ({q['roofline_fraction']:.0%})" if q else "-"
+
     return (
         f"| {r['shape']} | {r['prompt_len']} | {r['batch']} | {r['mode']} | {j['decode_tokens_per_s']} | "
         f"{t['decode_tokens_per_s']} | {r['decode_ratio']}x | {j['ms_per_step']} | {t['ms_per_step']} | "
-        f"{j['roofline_fraction']:.0%} | {int8} | {j['prefill_tokens_per_s']} | {t['prefill_tokens_per_s']} | "
-        f"{j['first_call_s']} | {t['first_call_s']} |"
+        f"{j['roofline_fraction']:.0%} | {int8('gpt_jax_int8')} | {int8('gpt_jax_w8a8')} | "
+        f"{j['prefill_tokens_per_s']} | {t['prefill_tokens_per_s']} | {j['first_call_s']} | {t['first_call_s']} |"
     )
 
 
 HEADER = (
     "| shape | prompt | batch | mode | gpt_jax tok/s | transformers tok/s | ratio | gpt_jax ms/step | "
-    "transformers ms/step | gpt_jax roofline | int8 tok/s (roofline) | gpt_jax prefill tok/s | "
-    "transformers prefill tok/s | gpt_jax first call s | transformers first call s |\n" + "|---" * 15 + "|"
+    "transformers ms/step | gpt_jax roofline | int8 weight-only tok/s (roofline) | int8 dynamic tok/s (roofline) | "
+    "gpt_jax prefill tok/s | transformers prefill tok/s | gpt_jax first call s | transformers first call s |\n"
+    + "|---" * 16
+    + "|"
 )
 
 
@@ -237,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--int8", action="store_true", help="also run gpt_jax with int8 weight-only quantization")
+    ap.add_argument(
+        "--int8", action="store_true", help="also run gpt_jax with int8 weight-only and int8 dynamic quantization"
+    )
     ap.add_argument("--out", default="benchmarks/results/decode.json")
     args = ap.parse_args(argv)
     result = bench(args)

@@ -1,9 +1,11 @@
 """Steps 7 and 8: append each chosen token and stop per row, inside one `jax.lax.while_loop`.
 
-    prefill (whole prompt, one forward pass) -> choose token 0 -> while any row runs: forward 1 token, choose, append
+    prefill (whole prompt, one forward pass) -> while any row runs: choose a token from the carried logits,
+    append it, and (unless every row is now done) feed it through the model for the next logits
 
+Choosing happens in one place only, the loop body, so the sampler and penalties are compiled once per program.
 The model enters as a callback `logits_fn(params, tokens, positions, mask, cache) -> (logits, cache)`, so the loop
-can be tested with a fake model. The same `prefill` and `decode_step` serve the while loop and streaming.
+can be tested with a fake model. The same `start` and `decode_step` serve the while loop and streaming.
 
 Axes: B batch, T prompt length (bucketed), S cache slots, M output buffer, V vocabulary, E eos ids.
 """
@@ -53,6 +55,7 @@ class DecodeState:
     done: jax.Array  # [B]
     finish: jax.Array  # [B] RUNNING / EOS / LENGTH
     keys: jax.Array  # [B] row keys
+    logits: jax.Array  # [B, V] fp32 logits the next token is chosen from
     counts: jax.Array  # [B, V] how often each id was generated (for presence/frequency/repetition penalties)
     prompt_seen: jax.Array  # [B, V] ids present in the prompt (for the repetition penalty)
     cache: KVCache
@@ -78,7 +81,8 @@ def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInput
     recent = jnp.concatenate([state.recent[:, 1:], token[:, None]], axis=1)
     is_stop = match_stop(recent, inputs.stop_seqs)
     is_stop &= ~state.done & ~is_eos
-    out_of_budget = (t + 1 >= inputs.max_new_tokens) & ~state.done & ~is_eos & ~is_stop
+    no_room = state.cache.index >= state.cache.length  # the token could not be fed back: nothing can follow it
+    out_of_budget = ((t + 1 >= inputs.max_new_tokens) | no_room) & ~state.done & ~is_eos & ~is_stop
     finish = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, jnp.where(out_of_budget, LENGTH, state.finish)))
     return state.replace(
         step=t + 1,
@@ -114,11 +118,17 @@ def match_stop(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
 
 
 def decode_step(logits_fn: LogitsFn, params, state: DecodeState, inputs: DecodeInputs) -> DecodeState:
-    """Feed the last chosen token [B] through the model and choose the next one."""
-    cache = state.cache
-    positions, mask = cached_positions_and_mask(cache.index, inputs.pad_len, 1, cache.length)
-    logits, cache = logits_fn(params, state.last[:, None], positions, mask, cache)
-    return choose_and_append(state.replace(cache=cache), logits[:, 0], inputs)
+    """Choose and append one token per row from the carried logits, then feed it through the model for the next
+    logits; the forward pass is skipped when no row needs another token."""
+    state = choose_and_append(state, state.logits, inputs)
+
+    def forward(state):
+        cache = state.cache
+        positions, mask = cached_positions_and_mask(cache.index, inputs.pad_len, 1, cache.length)
+        logits, cache = logits_fn(params, state.last[:, None], positions, mask, cache)
+        return state.replace(logits=logits[:, 0].astype(jnp.float32), cache=cache)
+
+    return jax.lax.cond(running(state), forward, lambda state: state, state)
 
 
 def start(
@@ -132,7 +142,7 @@ def start(
     buffer: int,
     top_logprobs: int = 0,
 ) -> DecodeState:
-    """Prefill and choose the first token: the state the loop (or a stream) continues from."""
+    """Prefill: the state the loop (or a stream) continues from; its logits give the first token."""
     logits, cache = prefill(logits_fn, params, tokens, inputs, cache)
     b = tokens.shape[0]
     state = DecodeState(
@@ -147,17 +157,17 @@ def start(
         done=~inputs.active,
         finish=jnp.full((b,), RUNNING, jnp.int32),
         keys=row_keys(seed, row_seeds),
+        logits=logits.astype(jnp.float32),
         counts=jnp.zeros((b, logits.shape[-1]), jnp.int32),
         prompt_seen=penalties.seen_in_prompt(tokens, inputs.pad_len, logits.shape[-1]),
         cache=cache,
     )
-    return choose_and_append(state, logits, inputs)
+    return state
 
 
 def running(state: DecodeState) -> jax.Array:
-    """The loop condition: a buffer slot is left, some row runs, and the cache has a free slot."""
-    buffer = state.tokens.shape[1]
-    return (state.step < buffer) & ~jnp.all(state.done) & (state.cache.index < state.cache.length)
+    """The loop condition: a buffer slot is left and some row runs (a row also finishes when the cache is full)."""
+    return (state.step < state.tokens.shape[1]) & ~jnp.all(state.done)
 
 
 def finish_rows(state: DecodeState) -> DecodeState:

@@ -93,11 +93,16 @@ class Generator:
             )
         return cls(config, init_params(config, key), tokenizer, mesh)
 
-    def quantize_int8(self) -> Generator:
-        """A new Generator whose projection kernels are int8 with per-output-channel scales (weight-only)."""
+    def quantize_int8(self, activations: bool = False) -> Generator:
+        """A new Generator whose projection kernels are int8 with per-output-channel scales.
+
+        Weight-only by default; `activations=True` also quantizes each token's activations on the fly (one scale
+        per token) so the products run in int8 (see quantize.py for when each pays).
+        """
         from gpt_jax.quantize import quantize_params
 
-        return Generator(self.config, jax.jit(quantize_params)(self.params), self.tokenizer, self.mesh)
+        params = jax.jit(partial(quantize_params, activations=activations))(self.params)
+        return Generator(self.config, params, self.tokenizer, self.mesh)
 
     def logits_fn(self, params, tokens, positions, mask, cache):
         return self.model.apply({"params": params}, tokens, positions, mask, cache)
@@ -190,11 +195,11 @@ class Generator:
         args = (self.params, prep.tokens, prep.inputs, np.uint32(prep.seed), prep.row_seeds)
         state = self._start_jit(*args, buffer=prep.buffer)
         while True:
-            token, done, more = jax.device_get((state.last[0], state.done[0], decode.running(state)))
-            yield int(token)
-            if done or not more:
-                return
             state = self._step_jit(self.params, state, prep.inputs)
+            token, done = jax.device_get((state.last[0], state.done[0]))
+            yield int(token)
+            if done:
+                return
 
     def stream(self, prompt: str, *, stop: str | Sequence[str] | None = None, **settings) -> Iterator[str]:
         """Yield the continuation of one text prompt piece by piece; pieces never split a UTF-8 character.

@@ -23,23 +23,23 @@ from gpt_jax.config import ModelConfig
 
 @flax.struct.dataclass
 class KVCache:
-    k: tuple[jax.Array, ...]  # per layer, [B, K, S, H] (head-major: see below)
-    v: tuple[jax.Array, ...]  # per layer, [B, K, S, H]
+    k: tuple[jax.Array, ...]  # per layer, keys [B*K, H, S] (rows and kv heads merged, slots last: see above)
+    v: tuple[jax.Array, ...]  # per layer, values [B*K, S, H]
     index: jax.Array  # int32 scalar: the next slot to write
 
     @property
     def length(self) -> int:
         """S, the number of slots."""
-        return self.k[0].shape[2]
+        return self.v[0].shape[1]
 
     def write(self, layer: int, k: jax.Array, v: jax.Array) -> tuple[KVCache, jax.Array, jax.Array]:
         """Write [B, T, K, H] keys and values at `index` of one layer; return the cache and that layer's full
-        [B, K, S, H] keys and values."""
-        start = (0, 0, self.index, 0)
-        k = jnp.transpose(k, (0, 2, 1, 3)).astype(self.k[layer].dtype)  # [B, K, T, H]: small
-        v = jnp.transpose(v, (0, 2, 1, 3)).astype(self.v[layer].dtype)
-        k_all = jax.lax.dynamic_update_slice(self.k[layer], k, start)
-        v_all = jax.lax.dynamic_update_slice(self.v[layer], v, start)
+        keys [B*K, H, S] and values [B*K, S, H]."""
+        b, t, n_kv, h = k.shape
+        k = jnp.transpose(k, (0, 2, 3, 1)).reshape(b * n_kv, h, t).astype(self.k[layer].dtype)  # small
+        v = jnp.transpose(v, (0, 2, 1, 3)).reshape(b * n_kv, t, h).astype(self.v[layer].dtype)
+        k_all = jax.lax.dynamic_update_slice(self.k[layer], k, (0, 0, self.index))
+        v_all = jax.lax.dynamic_update_slice(self.v[layer], v, (0, self.index, 0))
         ks = self.k[:layer] + (k_all,) + self.k[layer + 1 :]
         vs = self.v[:layer] + (v_all,) + self.v[layer + 1 :]
         return self.replace(k=ks, v=vs), k_all, v_all
@@ -51,10 +51,11 @@ class KVCache:
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
     """An empty cache of `length` slots for `batch` rows."""
     dtype = dtype or jnp.dtype(config.dtype)
-    shape = (batch, config.n_kv_heads, length, config.head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+    rows = batch * config.n_kv_heads
     return KVCache(
-        k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)), index=jnp.zeros((), jnp.int32)
+        k=tuple(jnp.zeros((rows, config.head_dim, length), dtype) for _ in range(config.n_layers)),
+        v=tuple(jnp.zeros((rows, length, config.head_dim), dtype) for _ in range(config.n_layers)),
+        index=jnp.zeros((), jnp.int32),
     )
 
 

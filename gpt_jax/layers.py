@@ -65,7 +65,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 def _merge_heads(w):
     """[N, H, D] -> [N*H, D] (a free reshape), also for an int8 kernel."""
     if isinstance(w, Int8Kernel):
-        return Int8Kernel(q=w.q.reshape(-1, w.q.shape[-1]), scale=w.scale, in_axes=1)
+        return Int8Kernel(q=w.q.reshape(-1, w.q.shape[-1]), scale=w.scale, in_axes=1, activations=w.activations)
     return w.reshape(-1, w.shape[-1])
 
 
@@ -93,14 +93,17 @@ class Attention(nn.Module):
             q, key = rope(q, positions, cfg.rope_theta), rope(key, positions, cfg.rope_theta)
         b, t = q.shape[:2]
         if cache is not None:
-            cache, key, value = cache.write(self.layer, key, value)  # [B, K, S, H]
+            cache, key, value = cache.write(self.layer, key, value)  # [B*K, H, S], [B*K, S, H]
         else:
-            key, value = jnp.transpose(key, (0, 2, 1, 3)), jnp.transpose(value, (0, 2, 1, 3))  # [B, K, T, H]
-        q = q.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
-        scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, key, preferred_element_type=jnp.float32) / math.sqrt(h)
+            key = jnp.transpose(key, (0, 2, 3, 1)).reshape(b * k, h, t)
+            value = jnp.transpose(value, (0, 2, 1, 3)).reshape(b * k, t, h)
+        g = n // k
+        q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
+        scores = jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32) / math.sqrt(h)
+        scores = scores.reshape(b, k, g, t, -1)  # [B, K, G, T, S]
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-        out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, value)
+        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype).reshape(b * k, g * t, -1)
+        out = jnp.einsum("RQS,RSH->RQH", probs, value).reshape(b, k, g, t, h)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)  # [B, T, N*H]: heads in the kernel's order
         w_o = self.param("o_kernel", out_init, (n, h, d), dtype)
         y = contract("BTI,IO->BTO", out, _merge_heads(w_o))

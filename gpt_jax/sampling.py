@@ -53,9 +53,11 @@ class SamplingParams:
 
 
 def sanitize(logits: jax.Array) -> jax.Array:
-    """fp32, finite: NaN -> -LOGIT_LIMIT, +-inf and huge values clipped to +-LOGIT_LIMIT."""
+    """fp32, finite: NaN -> -LOGIT_LIMIT, +-inf and huge values clipped to +-LOGIT_LIMIT, -0.0 -> +0.0 (so the
+    bit-pattern ranking of the filters agrees with argmax, for which the two zeros tie)."""
     x = logits.astype(jnp.float32)
-    x = jnp.where(jnp.isnan(x), -LOGIT_LIMIT, x)
+    negative_zero = jax.lax.bitcast_convert_type(x, jnp.uint32) == jnp.uint32(0x80000000)
+    x = jnp.where(jnp.isnan(x), -LOGIT_LIMIT, jnp.where(negative_zero, 0.0, x))
     return jnp.clip(x, -LOGIT_LIMIT, LOGIT_LIMIT)
 
 
@@ -119,7 +121,8 @@ def _filter(x: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]
     )  # the bisections run only when some row uses the filter
     probs = jax.nn.softmax(jnp.where(keep, scaled, MASK_VALUE), axis=-1)
     top_p = jnp.where(params.top_p >= 1.0, 2.0, params.top_p)  # 1 means off (float rounding must not drop tokens)
-    keep &= jax.lax.cond(jnp.any(top_p <= 1.0), lambda: _keep_top(_sortable(probs), probs, top_p), lambda: everything)
+    # ranked by scaled logit (as a sort of the logits would), so logits whose probabilities round equal stay ordered
+    keep &= jax.lax.cond(jnp.any(top_p <= 1.0), lambda: _keep_top(keys, probs, top_p), lambda: everything)
     keep &= probs >= params.min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
     return scaled, keep
 

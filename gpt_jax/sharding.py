@@ -94,7 +94,12 @@ def param_shardings(config: ModelConfig, params: dict, mesh: Mesh) -> dict:
         if isinstance(node, Int8Kernel):
             spec = _spec(path, node.q.ndim, config, m)
             scale_spec = P(*tuple(spec)[node.in_axes :]) if len(spec) else P()
-            return Int8Kernel(q=NamedSharding(mesh, spec), scale=NamedSharding(mesh, scale_spec), in_axes=node.in_axes)
+            return Int8Kernel(
+                q=NamedSharding(mesh, spec),
+                scale=NamedSharding(mesh, scale_spec),
+                in_axes=node.in_axes,
+                activations=node.activations,
+            )
         return NamedSharding(mesh, _spec(path, node.ndim, config, m))
 
     return visit(params, ())
@@ -105,8 +110,8 @@ def shard_params(config: ModelConfig, params: dict, mesh: Mesh) -> dict:
 
 
 def cache_spec() -> P:
-    """KV cache [B, K, S, H]: rows on data, kv heads on model."""
-    return P("data", "model", None, None)
+    """KV cache [B*K, ...] (rows and kv heads merged, row-major): rows on data, kv heads on model."""
+    return P(("data", "model"), None, None)
 
 
 def batch_spec() -> P:

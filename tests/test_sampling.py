@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gpt_jax.sampling import SamplingParams, probabilities, row_keys, sample, step_keys
@@ -116,6 +116,7 @@ _ANY_FLOAT = st.one_of(
     min_p=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**31),
 )
+@example(logits=[-0.0] + [0.0] * 15, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=0)  # argmax ties -0.0, +0.0
 def test_hostile_logits_give_valid_tokens_and_distributions(logits, temperature, top_k, top_p, min_p, seed):
     params = SamplingParams.make(1, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     x = jnp.asarray(np.array(logits, np.float32))[None]
