@@ -6,6 +6,7 @@ out = gen.generate(["ROMEO:", "JULIET:"], max_new_tokens=64, seed=0)
 """
 
 from gpt_jax.checkpoint import load, save
+from gpt_jax.compile_cache import enable_compile_cache
 from gpt_jax.config import GPT2_SMALL, GPT2_TINY, LLAMA_1B, LLAMA_SMALL, LLAMA_TINY, PRESETS, SHAKESPEARE, ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, GptJaxError, InputError, TokenizerError
 from gpt_jax.generate import GenerationResult, Generator, ScoreResult
@@ -30,6 +31,7 @@ __all__ = [
     "ScoreResult",
     "Tokenizer",
     "TokenizerError",
+    "enable_compile_cache",
     "load",
     "save",
     "train_tokenizer",

@@ -12,6 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from gpt_jax.compile_cache import enable_compile_cache
 from gpt_jax.errors import GptJaxError
 
 
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    enable_compile_cache()  # a later run of the same shapes skips compilation (GPT_JAX_COMPILE_CACHE=off: never)
     try:
         return {"generate": _generate, "train": _train, "score": _score}[args.command](args)
     except GptJaxError as e:

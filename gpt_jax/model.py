@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.kv_cache import KVCache
-from gpt_jax.layers import Block, Norm, init_weight
+from gpt_jax.layers import Block, Norm, init_weight, weight
 from gpt_jax.quantize import contract
 
 
@@ -34,12 +34,12 @@ class Transformer(nn.Module):
         Returns fp32 logits [B, T, V] and the cache with the T new keys/values written and its index advanced.
         """
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        embedding = self.param("embed", init_weight, (cfg.vocab_size, cfg.d_model), dtype)  # [V, D]
+        embedding = weight(self, "embed", init_weight, (cfg.vocab_size, cfg.d_model), dtype)  # [V, D]
         x = embedding[tokens]  # [B, T, D]
         if cfg.position == "learned":
             x = (
                 x
-                + self.param("pos_embed", nn.initializers.normal(0.01), (cfg.max_seq_len, cfg.d_model), dtype)[
+                + weight(self, "pos_embed", nn.initializers.normal(0.01), (cfg.max_seq_len, cfg.d_model), dtype)[
                     positions
                 ]
             )
@@ -51,7 +51,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             logits = jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
         else:
-            head = self.param("lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype)  # [D, V]
+            head = weight(self, "lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype)  # [D, V]
             logits = contract("BTD,DV->BTV", x, head, jnp.float32)
         if cache is not None:
             cache = cache.advance(tokens.shape[1])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ["GPT_JAX_COMPILE_CACHE"] = "off"  # the command line's compile cache stays out of the home directory
 
 from gpt_jax.config import GPT2_TINY, LLAMA_TINY
 from gpt_jax.tokenizer import Tokenizer, train_tokenizer

@@ -117,3 +117,19 @@ def test_stream_prints_what_generate_prints(capsys, model_dir):
     code, plain, _ = run(capsys, *base)
     code2, streamed, _ = run(capsys, *base, "--stream")
     assert code == code2 == 0 and streamed == plain
+
+
+def test_compile_cache_directory_from_the_environment(tmp_path, monkeypatch):
+    from gpt_jax import compile_cache
+
+    monkeypatch.setattr(compile_cache.jax.config, "update", lambda *a: None)  # keep this process's settings
+    monkeypatch.setenv(compile_cache.ENV, "off")
+    assert compile_cache.enable_compile_cache() is None
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "c"))
+    assert compile_cache.enable_compile_cache() == tmp_path / "c" and (tmp_path / "c").is_dir()
+    monkeypatch.delenv(compile_cache.ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert compile_cache.enable_compile_cache() == tmp_path / "x" / "gpt_jax" / "xla"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert compile_cache.enable_compile_cache(blocker / "sub") is None  # cannot be created: warn, carry on

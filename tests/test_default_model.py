@@ -93,20 +93,24 @@ def _console_script() -> list[str]:
 
 @pytest.mark.slow
 def test_command_line_out_of_the_box(tmp_path):
-    """`gpt-jax generate "ROMEO:" --seed 0` twice identically, offline, from another directory."""
+    """`gpt-jax generate "ROMEO:" --seed 0` twice identically, offline, from another directory; the first run fills
+    the compile cache and the second runs from it."""
     env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", NO_PROXY="*", PYTHONPATH=str(ROOT))
-    runs = [
-        subprocess.run(
-            [*_console_script(), "generate", "ROMEO:", "--seed", "0"],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env=env,
-            timeout=300,
+    cache = tmp_path / "xla"
+    env.update(HF_HUB_OFFLINE="1", NO_PROXY="*", PYTHONPATH=str(ROOT), GPT_JAX_COMPILE_CACHE=str(cache))
+    runs = []
+    for _ in range(2):
+        runs.append(
+            subprocess.run(
+                [*_console_script(), "generate", "ROMEO:", "--seed", "0"],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                env=env,
+                timeout=300,
+            )
         )
-        for _ in range(2)
-    ]
+        assert any(cache.iterdir()), "the first run left no compiled program in the cache"
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
     assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith("ROMEO:") and len(runs[0].stdout) > 60
     one_liner = "import gpt_jax; print(gpt_jax.load().generate('JULIET:', seed=1).texts[0])"

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gpt_jax.config import LLAMA_TINY
+from gpt_jax.errors import ConfigError
 from gpt_jax.kv_cache import cached_positions_and_mask, init_cache
 from gpt_jax.model import Transformer, forward, init_params
 
@@ -50,3 +52,11 @@ def test_gqa_differs_from_mha_and_params_are_plain_dicts():
     assert isinstance(params, dict) and set(params) == {"embed", "final_norm", "layer_0", "layer_1", "lm_head"}
     assert params["layer_0"]["attn"]["k_kernel"].shape == (cfg.d_model, cfg.n_kv_heads, cfg.head_dim)
     assert params["layer_0"]["attn"]["q_kernel"].shape == (cfg.d_model, cfg.n_heads, cfg.head_dim)
+
+
+def test_params_of_the_wrong_shape_are_refused_by_name():
+    cfg = LLAMA_TINY
+    params = init_params(cfg, jax.random.key(0))
+    params["layer_1"]["mlp"]["up_kernel"] = params["layer_1"]["mlp"]["up_kernel"][:, :-1]
+    with pytest.raises(ConfigError, match=r"layer_1/mlp/up_kernel has shape"):
+        forward(cfg, params, jnp.ones((1, 4), jnp.int32))
