@@ -165,6 +165,7 @@ def test_large_flat_vocabulary_statistics():
     top_p=st.floats(0.01, 0.999),
     temperature=st.sampled_from([0.5, 1.0, 2.0]),
 )
+@example(logits=[0.0] * 7 + [-1.7095140615530606e-40] + [0.0] * 8, top_p=0.5, temperature=0.5)  # equal probs
 def test_top_p_keeps_the_smallest_prefix_reaching_p(logits, top_p, temperature):
     x = np.array(logits, np.float32)
     params = SamplingParams.make(1, temperature=temperature, top_p=top_p)
