@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gpt_jax.sampling import SamplingParams, probabilities, row_keys, sample, step_keys
+from gpt_jax.sampling import SamplingParams, first_argmax, probabilities, row_keys, sample, sanitize, step_keys
 
 from .conftest import assert_matches_distribution
 
@@ -193,3 +193,11 @@ def test_greedy_is_the_argmax_of_the_processed_logits(logits, top_k, seed):
         jax.random.split(jax.random.key(seed), 1), processed, SamplingParams.make(1, temperature=0.0, top_k=top_k)
     )
     assert int(token[0]) == int(np.argmax(np.asarray(processed)[0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits=st.lists(st.lists(_ANY_FLOAT, min_size=12, max_size=12), min_size=1, max_size=3))
+@example(logits=[[1.0, 3.0, 3.0, -2.0] * 3])  # ties go to the lower id
+def test_first_argmax_equals_numpy_argmax_on_sanitized_logits(logits):
+    x = sanitize(jnp.asarray(np.array(logits, np.float32)))
+    np.testing.assert_array_equal(np.asarray(first_argmax(x)), np.argmax(np.asarray(x), axis=-1))
