@@ -39,9 +39,7 @@ class KVCache:
     def write(self, layer: int, k: jax.Array, v: jax.Array) -> tuple[KVCache, jax.Array, jax.Array]:
         """Write [B, T, K, H] keys and values at `index` of one layer; return the cache and that layer's full
         keys [B*K, H, S] and values [B*K, S, H]."""
-        b, t, n_kv, h = k.shape
-        k = jnp.transpose(k, (0, 2, 3, 1)).reshape(b * n_kv, h, t).astype(self.k[layer].dtype)  # small
-        v = jnp.transpose(v, (0, 2, 1, 3)).reshape(b * n_kv, t, h).astype(self.v[layer].dtype)
+        k, v = cache_layout(k.astype(self.k[layer].dtype), v.astype(self.v[layer].dtype))  # small: T slots
         k_all = jax.lax.dynamic_update_slice(self.k[layer], k, (0, 0, self.index))
         v_all = jax.lax.dynamic_update_slice(self.v[layer], v, (0, self.index, 0))
         ks = self.k[:layer] + (k_all,) + self.k[layer + 1 :]
@@ -50,6 +48,15 @@ class KVCache:
 
     def advance(self, steps: int | jax.Array) -> KVCache:
         return self.replace(index=self.index + steps)
+
+
+def cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values [B, T, K, H] -> keys [B*K, H, T] and values [B*K, T, H], the cache's layout."""
+    b, t, n_kv, h = k.shape
+    return (
+        jnp.transpose(k, (0, 2, 3, 1)).reshape(b * n_kv, h, t),
+        jnp.transpose(v, (0, 2, 1, 3)).reshape(b * n_kv, t, h),
+    )
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:

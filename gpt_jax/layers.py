@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import ConfigError
+from gpt_jax.kv_cache import cache_layout
 from gpt_jax.quantize import Int8Kernel, contract
 
 MASK_VALUE = -1e30  # finite, so a fully masked row gives a uniform softmax, never NaN
@@ -79,7 +80,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 def _merge_heads(w):
     """[N, H, D] -> [N*H, D] (a free reshape), also for an int8 kernel."""
     if isinstance(w, Int8Kernel):
-        return Int8Kernel(q=w.q.reshape(-1, w.q.shape[-1]), scale=w.scale, in_axes=1, activations=w.activations)
+        return w.replace(q=w.q.reshape(-1, w.q.shape[-1]), in_axes=1)
     return w.reshape(-1, w.shape[-1])
 
 
@@ -109,8 +110,7 @@ class Attention(nn.Module):
         if cache is not None:
             cache, key, value = cache.write(self.layer, key, value)  # [B*K, H, S], [B*K, S, H]
         else:
-            key = jnp.transpose(key, (0, 2, 3, 1)).reshape(b * k, h, t)
-            value = jnp.transpose(value, (0, 2, 1, 3)).reshape(b * k, t, h)
+            key, value = cache_layout(key, value)  # [B*K, H, T], [B*K, T, H]
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
         scores = jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32) / math.sqrt(h)

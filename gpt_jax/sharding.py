@@ -94,12 +94,7 @@ def param_shardings(config: ModelConfig, params: dict, mesh: Mesh) -> dict:
         if isinstance(node, Int8Kernel):
             spec = _spec(path, node.q.ndim, config, m)
             scale_spec = P(*tuple(spec)[node.in_axes :]) if len(spec) else P()
-            return Int8Kernel(
-                q=NamedSharding(mesh, spec),
-                scale=NamedSharding(mesh, scale_spec),
-                in_axes=node.in_axes,
-                activations=node.activations,
-            )
+            return node.replace(q=NamedSharding(mesh, spec), scale=NamedSharding(mesh, scale_spec))
         return NamedSharding(mesh, _spec(path, node.ndim, config, m))
 
     return visit(params, ())
