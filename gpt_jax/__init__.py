@@ -9,8 +9,10 @@ from gpt_jax.checkpoint import load, save
 from gpt_jax.compile_cache import enable_compile_cache
 from gpt_jax.config import GPT2_SMALL, GPT2_TINY, LLAMA_1B, LLAMA_SMALL, LLAMA_TINY, PRESETS, SHAKESPEARE, ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, GptJaxError, InputError, TokenizerError
-from gpt_jax.generate import GenerationResult, Generator, ScoreResult
-from gpt_jax.tokenizer import IncrementalDecoder, Tokenizer, train_tokenizer
+from gpt_jax.generate import GenerationResult, Generator
+from gpt_jax.scoring import ScoreResult
+from gpt_jax.settings import GenerationSettings
+from gpt_jax.tokenizer import BaseTokenizer, IncrementalDecoder, Tokenizer, train_tokenizer
 
 __all__ = [
     "GPT2_SMALL",
@@ -18,11 +20,13 @@ __all__ = [
     "LLAMA_1B",
     "LLAMA_SMALL",
     "LLAMA_TINY",
+    "BaseTokenizer",
     "PRESETS",
     "SHAKESPEARE",
     "CheckpointError",
     "ConfigError",
     "GenerationResult",
+    "GenerationSettings",
     "Generator",
     "GptJaxError",
     "IncrementalDecoder",

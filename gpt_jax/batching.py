@@ -9,9 +9,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 MIN_LENGTH_BUCKET = 16
+
+
+def positions_from_padding(slots, pad_len):
+    """Position of each slot [T] in each left-padded row [B]: slot - pad_len, 0 on padding -> [B, T].
+
+    The one rule for positions: prefill, decode steps and uncached forward passes all use it.
+    """
+    return jnp.maximum(jnp.asarray(slots)[None, :] - jnp.asarray(pad_len)[:, None], 0).astype(jnp.int32)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -39,7 +48,7 @@ class Batch:
     @property
     def positions(self) -> np.ndarray:
         """[B, T] positions counting real tokens only (0 at each row's first real token; 0 on padding)."""
-        return np.maximum(np.arange(self.tokens.shape[1])[None, :] - self.pad_len[:, None], 0).astype(np.int32)
+        return np.asarray(positions_from_padding(np.arange(self.tokens.shape[1]), self.pad_len))
 
     @property
     def num_rows(self) -> int:

@@ -1,4 +1,4 @@
-"""GPT-2's byte-level BPE behind the `Tokenizer` interface, through the optional `tokenizers` package.
+"""GPT-2's byte-level BPE behind the `BaseTokenizer` interface, through the optional `tokenizers` package.
 
 SentencePiece cannot read GPT-2's `vocab.json` + `merges.txt` (or `tokenizer.json`). Each byte-level token is a
 string over GPT-2's printable stand-ins for the 256 bytes, so every id maps to exact bytes and the same incremental
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.errors import InputError, TokenizerError, check
-from gpt_jax.tokenizer import Tokenizer
+from gpt_jax.errors import TokenizerError, check
+from gpt_jax.tokenizer import BaseTokenizer
 
 
 def byte_stand_ins() -> dict[str, int]:
@@ -30,38 +30,39 @@ def byte_stand_ins() -> dict[str, int]:
     return chars
 
 
-class ByteLevelBPETokenizer(Tokenizer):
-    """Same interface as `Tokenizer`; encode with `tokenizers`, decode through exact per-token bytes."""
+class ByteLevelBPETokenizer(BaseTokenizer):
+    """Encode with `tokenizers`, decode through exact per-token bytes; special ids come from the model config."""
 
     def __init__(self, hf_tokenizer, config: ModelConfig, files: dict[str, bytes]):
         self._hf = hf_tokenizer
         self._files = files
-        self.model_bytes = None
-        self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         check(
-            self.vocab_size <= config.vocab_size,
+            vocab_size <= config.vocab_size,
             TokenizerError,
-            f"tokenizer has {self.vocab_size} tokens but the model's embedding has {config.vocab_size} rows",
+            f"tokenizer has {vocab_size} tokens but the model's embedding has {config.vocab_size} rows",
         )
-        self.bos_id = config.bos_id
-        self.eos_id = config.eos_ids[0] if config.eos_ids else -1
-        self.pad_id, self.unk_id = config.pad_id, -1
-        self.add_bos, self.add_eos = config.add_bos and self.bos_id >= 0, False
         special = {t.content for t in hf_tokenizer.get_added_tokens_decoder().values() if t.special}
         stand_ins = byte_stand_ins()
-        self._bytes, self._normal = [], []
-        for i in range(self.vocab_size):
+        pieces = []
+        for i in range(vocab_size):
             piece = hf_tokenizer.id_to_token(i)
             if piece is None or piece in special:
-                self._bytes.append(b"")
-                self._normal.append(False)
+                pieces.append(b"")
             elif all(c in stand_ins for c in piece):
-                self._bytes.append(bytes(stand_ins[c] for c in piece))
-                self._normal.append(True)
+                pieces.append(bytes(stand_ins[c] for c in piece))
             else:  # an added, non-special token: its text as written
-                self._bytes.append(piece.encode())
-                self._normal.append(True)
-        self._strip_first_space = False
+                pieces.append(piece.encode())
+        super().__init__(
+            bos_id=config.bos_id,
+            eos_id=config.eos_ids[0] if config.eos_ids else -1,
+            pad_id=config.pad_id,
+            unk_id=-1,
+            add_bos=config.add_bos,
+            add_eos=False,
+            token_bytes=pieces,
+            leading_space=[False] * vocab_size,
+        )
 
     @classmethod
     def from_directory(cls, directory: Path, config: ModelConfig) -> ByteLevelBPETokenizer:
@@ -86,19 +87,17 @@ class ByteLevelBPETokenizer(Tokenizer):
                 vocab_ids = json.loads(vocab.read_text())
                 tok.add_special_tokens([t for t in ("<|endoftext|>",) if t in vocab_ids])
                 data = tok.to_str().encode()
-        except (OSError, ValueError, Exception) as e:  # tokenizers raises its own Exception subclasses
-            if isinstance(e, TokenizerError):
-                raise
+        except TokenizerError:
+            raise
+        except Exception as e:  # tokenizers raises its own Exception subclasses
             raise TokenizerError(f"{directory}: could not read the byte-level BPE tokenizer: {e}") from None
         return cls(tok, config, {"tokenizer.json": data})
 
-    def files(self) -> dict[str, bytes]:
-        return dict(self._files)
-
-    def _encode_one(self, text: str) -> list[int]:
-        check(isinstance(text, str), InputError, f"text must be a string, got {type(text).__name__}")
-        ids = self._hf.encode(text, add_special_tokens=False).ids
-        return ([self.bos_id] if self.add_bos else []) + ids
+    def _encode_plain(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
 
     def id_to_piece(self, i: int) -> str:
         return self._hf.id_to_token(int(i))
+
+    def files(self) -> dict[str, bytes]:
+        return dict(self._files)

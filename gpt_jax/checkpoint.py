@@ -17,43 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import safetensors_io
+from gpt_jax import hf, safetensors_io
 from gpt_jax.config import ModelConfig
-from gpt_jax.errors import CheckpointError, ConfigError, TokenizerError, check
+from gpt_jax.errors import CheckpointError, ConfigError, check
 from gpt_jax.generate import Generator
-from gpt_jax.model import init_params
-from gpt_jax.tokenizer import Tokenizer
+from gpt_jax.hf_export import export_tensors
+from gpt_jax.params import flatten, param_shapes, unflatten
+from gpt_jax.tokenizer_files import SENTENCEPIECE_FILE, load_tokenizer
 
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", SENTENCEPIECE_FILE
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shakespeare"
-
-
-def flatten(params: dict, prefix: str = "") -> dict[str, jax.Array]:
-    """Nested dict -> {"layer_0.attn.q_kernel": array, ...}."""
-    out = {}
-    for name, value in params.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            out.update(flatten(value, key + "."))
-        else:
-            out[key] = value
-    return out
-
-
-def unflatten(flat: dict[str, jax.Array]) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def param_shapes(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """The flat names, shapes and dtypes a checkpoint of `config` must hold (computed without allocating)."""
-    return flatten(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
 
 
 def atomic_directory(target: Path):
@@ -101,8 +74,6 @@ def save(
     check(format in ("native", "hf"), CheckpointError, f"format must be 'native' or 'hf', got {format!r}")
     target = Path(directory)
     if format == "hf":
-        from gpt_jax.hf_export import export_tensors
-
         config_dict, tensors = export_tensors(generator.config, generator.params)
     else:
         config_dict = generator.config.to_dict()
@@ -148,23 +119,6 @@ def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, jax.ShapeD
         )
 
 
-def load_tokenizer(directory: Path, vocab_size: int, add_bos: bool = True, exact: bool = True) -> Tokenizer | None:
-    """The directory's tokenizer.model, if any; its vocabulary must equal (exact) or fit in the embedding."""
-    path = directory / TOKENIZER_FILE
-    if not path.is_file():
-        return None
-    try:
-        tok = Tokenizer(path, add_bos=add_bos)
-    except TokenizerError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    check(
-        tok.vocab_size == vocab_size or (not exact and tok.vocab_size < vocab_size),
-        CheckpointError,
-        f"{path}: tokenizer has {tok.vocab_size} pieces but the model's embedding has {vocab_size} rows",
-    )
-    return tok
-
-
 def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mesh=None) -> Generator:
     """Load a model directory: this project's own, or a Hugging Face GPT-2 / Llama / Mistral one.
 
@@ -175,8 +129,6 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
     check(directory.is_dir(), CheckpointError, f"{directory}: not a directory (expected a model directory)")
     raw = read_config(directory)
     if "model_type" in raw:
-        from gpt_jax import hf
-
         return hf.load(directory, raw, dtype=dtype, mesh=mesh)
     try:
         config = ModelConfig.from_dict(raw, source=str(directory / CONFIG_FILE))
@@ -188,4 +140,4 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
     tensors = safetensors_io.read(weights)
     check_tensors(tensors, param_shapes(config), str(weights))
     params = unflatten({k: jnp.asarray(v, dtype=config.dtype) for k, v in tensors.items()})
-    return Generator(config, params, load_tokenizer(directory, config.vocab_size, config.add_bos), mesh)
+    return Generator(config, params, load_tokenizer(directory, config), mesh)

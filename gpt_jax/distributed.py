@@ -20,8 +20,23 @@ import numpy as np
 
 from gpt_jax.errors import InputError, check
 from gpt_jax.generate import GenerationResult, Generator
+from gpt_jax.loop import FINISH_CODES, FINISH_NAMES, RUNNING
+from gpt_jax.settings import GenerationSettings, per_row
+from gpt_jax.sharding import make_mesh
+from gpt_jax.tokenizer import IncrementalDecoder
 
-FINISH = ["eos", "length", "stop", None]
+ENV_HELP = (
+    "--distributed needs a cluster JAX detects by itself (a TPU VM slice, SLURM, ...) or GPT_JAX_COORDINATOR "
+    "(host:port), GPT_JAX_NUM_PROCESSES and GPT_JAX_PROCESS_ID"
+)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    check(value.strip().isdigit(), InputError, f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> None:
@@ -29,58 +44,56 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     GPT_JAX_PROCESS_ID; with none of them set, JAX detects the cluster itself (TPU VM slices, SLURM, ...).
     CPU-only processes use gloo for their collectives."""
     coordinator = coordinator or os.environ.get("GPT_JAX_COORDINATOR")
-    if num_processes is None and "GPT_JAX_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["GPT_JAX_NUM_PROCESSES"])
-    if process_id is None and "GPT_JAX_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["GPT_JAX_PROCESS_ID"])
+    num_processes = num_processes if num_processes is not None else _env_int("GPT_JAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("GPT_JAX_PROCESS_ID")
     if os.environ.get("JAX_PLATFORMS", "") == "cpu" or coordinator and coordinator.startswith(("127.", "localhost")):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(f"{ENV_HELP} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def local_mesh():
     """A data-parallel mesh over this host's own devices."""
-    from gpt_jax.sharding import make_mesh
-
     return make_mesh(data=jax.local_device_count(), model=1, devices=jax.local_devices())
 
 
-def _broadcast_seed(seed: int | None) -> int:
+def _broadcast_seed(seed: int) -> int:
+    """Host 0's seed on every host."""
     from jax.experimental import multihost_utils
 
-    if seed is None:
-        import secrets
-
-        seed = secrets.randbits(31)
     return int(multihost_utils.broadcast_one_to_all(np.int64(seed)))
 
 
-def generate(gen: Generator, prompts: Sequence[str], **settings) -> GenerationResult | None:
+def generate(gen: Generator, prompts: Sequence[str], **overrides) -> GenerationResult | None:
     """Every host calls this with the same prompts and settings; host 0 gets the whole result, others None."""
     from jax.experimental import multihost_utils
 
+    settings = GenerationSettings.of(overrides)
     check(
         isinstance(prompts, (list, tuple)) and len(prompts) > 0,
         InputError,
         "prompts must be a non-empty list of strings",
     )
     check(
-        "row_seeds" not in settings and settings.get("n", 1) == 1,
+        settings.row_seeds is None and settings.n == 1,
         InputError,
         "distributed.generate sets row_seeds itself and takes n=1",
     )
     rank, hosts = jax.process_index(), jax.process_count()
-    seed = _broadcast_seed(settings.pop("seed", None))
+    settings = dataclasses.replace(settings, seed=_broadcast_seed(settings.with_seed().seed))
     mine = list(range(rank, len(prompts), hosts))
     per_host = -(-len(prompts) // hosts)
-    budget = max(np.atleast_1d(settings.get("max_new_tokens", 64)))
+    budget = max(per_row("max_new_tokens", settings.max_new_tokens, len(prompts), int, 1, gen.config.max_seq_len))
     ids = np.full((per_host, budget), -1, np.int32)
-    finish = np.full((per_host,), 3, np.int32)
+    finish = np.full((per_host,), RUNNING, np.int32)
     logprobs = np.zeros((per_host, budget), np.float32)
     if mine:
-        out = gen.generate([prompts[i] for i in mine], seed=seed, row_seeds=mine, **settings)
+        mine_settings = dataclasses.replace(settings, row_seeds=mine, **_rows_of(settings, mine))
+        out = gen.generate([prompts[i] for i in mine], **dataclasses.asdict(mine_settings))
         for j, (toks, lps, reason) in enumerate(zip(out.token_ids, out.logprobs, out.finish_reasons)):
-            ids[j, : len(toks)], logprobs[j, : len(toks)], finish[j] = toks, lps, FINISH.index(reason)
+            ids[j, : len(toks)], logprobs[j, : len(toks)], finish[j] = toks, lps, FINISH_CODES[reason]
     all_ids = multihost_utils.process_allgather(ids)  # [H, per_host, M]
     all_lps = multihost_utils.process_allgather(logprobs)
     all_finish = multihost_utils.process_allgather(finish)
@@ -94,12 +107,20 @@ def generate(gen: Generator, prompts: Sequence[str], **settings) -> GenerationRe
         n = int(np.sum(row >= 0))
         token_ids.append(row[:n].tolist())
         lps.append(all_lps[h, j, :n].tolist())
-        reasons.append(FINISH[int(all_finish[h, j])])
-        from gpt_jax.tokenizer import IncrementalDecoder
-
+        reasons.append(FINISH_NAMES[int(all_finish[h, j])])
         decoder = IncrementalDecoder(tok, tok.encode(prompts[i]))
-        text = decoder.add(token_ids[-1]) + decoder.flush()
-        texts.append(text)
-    return dataclasses.replace(
-        GenerationResult(token_ids=token_ids, finish_reasons=reasons, logprobs=lps, seed=seed, steps=-1), texts=texts
-    )
+        texts.append(decoder.add(token_ids[-1]) + decoder.flush())
+    result = GenerationResult(token_ids=token_ids, finish_reasons=reasons, logprobs=lps, seed=settings.seed, steps=-1)
+    return dataclasses.replace(result, texts=texts)
+
+
+def _rows_of(settings: GenerationSettings, rows: list[int]) -> dict:
+    """The per-prompt lists among `settings`, cut down to this host's prompts."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.metadata["kind"] is not None and f.name != "row_seeds" and isinstance(value, (list, tuple)):
+            out[f.name] = [value[i] for i in rows]
+    if isinstance(settings.logit_bias, (list, tuple)):
+        out["logit_bias"] = [settings.logit_bias[i] for i in rows]
+    return out

@@ -1,34 +1,36 @@
-"""The public pipeline: `Generator` composes the nine steps behind `generate`, `generate_ids` and `score`.
+"""The public pipeline: `Generator` composes the nine steps behind `generate`, `generate_ids`, `stream` and `score`.
 
 text -(1 tokenize)-> ids -(2 left-pad)-> batch -(3, 4 model)-> logits -(5, 6 sample)-> token
      -(7 append, 8 stop; in one jitted while_loop)-> ids -(9 detokenize)-> text
+
+Settings and their defaults: `settings.GenerationSettings`; stop strings: `stops.py`; the compiled programs:
+`compiled.py`; scoring: `scoring.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import secrets
 from collections.abc import Iterator, Sequence
-from functools import partial
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from gpt_jax import decode
-from gpt_jax.batching import MIN_LENGTH_BUCKET, bucket, left_pad
+from gpt_jax import loop, sharding
+from gpt_jax.compiled import CompiledPrograms
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, TokenizerError, check
-from gpt_jax.kv_cache import init_cache
-from gpt_jax.model import Transformer, forward, init_params
-from gpt_jax.settings import Prepared, check_ids, first_stop, held_back, prepare
-from gpt_jax.tokenizer import IncrementalDecoder, Tokenizer
+from gpt_jax.model import init_params
+from gpt_jax.quantize import quantize_params
+from gpt_jax.scoring import ScoreResult, score_batch, windows
+from gpt_jax.settings import GenerationSettings, Prepared, check_ids, is_integer, prepare, repeat_rows
+from gpt_jax.stops import cut_at_stop, first_stop, held_back, stop_strings, stop_token_ids
+from gpt_jax.tokenizer import BaseTokenizer, IncrementalDecoder, check_text
+
+MAX_SCORE_BATCH = 1024
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationResult:
-    """One entry per prompt. token_ids are the generated ids (EOS included when it ended the row)."""
+    """One entry per row (prompt x n). token_ids are the generated ids (EOS included when it ended the row)."""
 
     token_ids: list[list[int]]
     finish_reasons: list[str]
@@ -39,48 +41,29 @@ class GenerationResult:
     top_logprobs: list[list[list[tuple[int, float]]]] | None = None  # per row, per token: (id, logprob) x k
 
 
-@dataclasses.dataclass(frozen=True)
-class ScoreResult:
-    """Per text: total log-likelihood (nats) of its tokens after the first, and how many tokens were scored."""
-
-    log_likelihood: list[float]
-    num_tokens: list[int]
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(-sum(self.log_likelihood) / max(sum(self.num_tokens), 1))
-
-
 class Generator:
-    """A model (config + params) with its tokenizer, and the compiled functions of the pipeline.
+    """A model (config + params) with its tokenizer, and the compiled programs of the pipeline.
 
-    Compiled programs are cached per shape bucket (rows, prompt length, output buffer): a call with another prompt
-    length in the same bucket, or other sampling values, compiles nothing new. `trace_count` counts the traces.
+    Every generation call takes the settings of `settings.GenerationSettings` as keyword arguments.
     """
 
-    def __init__(self, config: ModelConfig, params: dict, tokenizer: Tokenizer | None = None, mesh=None):
-        """`mesh`: a jax.sharding.Mesh with axes ("data", "model"); params are placed by `sharding` rules."""
-        self.config, self.tokenizer, self.mesh = config, tokenizer, mesh
+    def __init__(self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None):
+        """`mesh`: a jax.sharding.Mesh with axes ("data", "model"), Auto or Explicit; params are placed by the
+        `sharding` rules."""
         if mesh is not None:
-            from gpt_jax import sharding
-
-            check(
-                tuple(mesh.axis_names) == sharding.AXES,
-                InputError,
-                f"mesh axes must be {sharding.AXES}, got {tuple(mesh.axis_names)}",
-            )
+            mesh = sharding.auto_axes(mesh)
             params = sharding.shard_params(config, params, mesh)
-        self.params = params
-        self.model = Transformer(config)
-        self.trace_count = 0
-        self._generate_jit = jax.jit(self._generate_traced, static_argnames=("buffer", "top_logprobs"))
-        self._start_jit = jax.jit(self._start_traced, static_argnames=("buffer", "top_logprobs"))
-        self._step_jit = jax.jit(partial(decode.decode_step, self.logits_fn), donate_argnums=(1,))
-        self._score_jit = jax.jit(self._score_traced)
+        self.config, self.params, self.tokenizer, self.mesh = config, params, tokenizer, mesh
+        self.programs = CompiledPrograms(config, mesh)
+
+    @property
+    def trace_count(self) -> int:
+        """How many programs were traced (compiled) so far."""
+        return self.programs.trace_count
 
     @classmethod
     def from_config(
-        cls, config: ModelConfig, tokenizer: Tokenizer | None = None, key: jax.Array | int = 0, mesh=None
+        cls, config: ModelConfig, tokenizer: BaseTokenizer | None = None, key: jax.Array | int = 0, mesh=None
     ) -> Generator:
         """Random weights for `config` (the tokenizer, if given, must match its vocabulary)."""
         if isinstance(key, int):
@@ -99,123 +82,109 @@ class Generator:
         Weight-only by default; `activations=True` also quantizes each token's activations on the fly (one scale
         per token) so the products run in int8 (see quantize.py for when each pays).
         """
-        from gpt_jax.quantize import quantize_params
-
-        params = jax.jit(partial(quantize_params, activations=activations))(self.params)
+        params = jax.jit(lambda p: quantize_params(p, activations=activations))(self.params)
         return Generator(self.config, params, self.tokenizer, self.mesh)
 
-    def logits_fn(self, params, tokens, positions, mask, cache):
-        return self.model.apply({"params": params}, tokens, positions, mask, cache)
+    def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
+        """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis)."""
+        return prepare(self.config, prompts, settings, self.mesh.shape["data"] if self.mesh is not None else 1)
 
-    # ---- generation -------------------------------------------------------------------------------------------
-    def _new_cache(self, rows: int, length: int):
-        cache = init_cache(self.config, rows, length)
-        if self.mesh is not None:
-            from gpt_jax.sharding import cache_spec
-
-            spec = jax.sharding.NamedSharding(self.mesh, cache_spec())
-            cache = cache.replace(
-                k=tuple(jax.lax.with_sharding_constraint(k, spec) for k in cache.k),
-                v=tuple(jax.lax.with_sharding_constraint(v, spec) for v in cache.v),
-            )
-        return cache
-
-    def _start_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer, top_logprobs=0):
-        self.trace_count += 1
-        cache = self._new_cache(tokens.shape[0], tokens.shape[1] + buffer)
-        return decode.start(self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer, top_logprobs)
-
-    def _generate_traced(self, params, tokens, inputs, seed, row_seeds, *, buffer, top_logprobs=0):
-        self.trace_count += 1
-        cache = self._new_cache(tokens.shape[0], tokens.shape[1] + buffer)
-        state = decode.generate_loop(
-            self.logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer, top_logprobs
-        )
-        return {
-            "tokens": state.tokens,
-            "logprobs": state.logprobs,
-            "lengths": state.lengths,
-            "finish": state.finish,
-            "steps": state.step,
-            "top_ids": state.top_ids,
-            "top_logprobs": state.top_logprobs,
-        }
-
-    def _prepare(self, prompts, **settings) -> Prepared:
-        return prepare(self.config, self.mesh, prompts, **settings)
-
-    def _check_ids(self, i: int, ids, what: str = "prompt") -> list[int]:
-        return check_ids(self.config, i, ids, what)
-
+    # ---- ids in, ids out ---------------------------------------------------------------------------------------
     def generate_ids(self, prompts: Sequence[Sequence[int]], **settings) -> GenerationResult:
-        """Token ids in, generated token ids out (no tokenizer involved).
+        """Token ids in, generated token ids out (no tokenizer involved); `stop_ids` for token-level stops.
 
-        Settings: max_new_tokens (64), temperature (0.8; 0 is greedy), top_k (0: off), top_p (0.95; 1: off),
-        min_p (0: off), seed (None draws one, returned in the result), row_seeds (default: the row index),
-        ignore_eos (False), repetition_penalty (1: off), presence_penalty and frequency_penalty (0: off; in
-        [-2, 2]), logit_bias ({token id: value}), min_new_tokens (0; EOS is masked until then); see penalties.py.
-        Each may be a scalar or one value per prompt. Row r samples its t-th token with key
-        fold_in(fold_in(key(seed), row_seeds[r]), t).
+        Row r samples its t-th token with key fold_in(fold_in(key(seed), row_seeds[r]), t).
         """
-        prep = self._prepare(prompts, **settings)
-        out = self._generate_jit(
-            self.params,
-            prep.tokens,
-            prep.inputs,
-            np.uint32(prep.seed),
-            prep.row_seeds,
-            buffer=prep.buffer,
-            top_logprobs=prep.top_logprobs,
-        )
+        s = GenerationSettings.of(settings)
+        check(s.stop is None, InputError, "stop strings need text prompts: use generate/stream, or give stop_ids")
+        return self._generate_ids(prompts, s)
+
+    def _generate_ids(self, prompts, s: GenerationSettings) -> GenerationResult:
+        prep = self.prepare(prompts, s)
+        out = self.programs.generate(self.params, prep.inputs, buffer=prep.buffer, top_logprobs=prep.top_logprobs)
         out = jax.device_get(out)
         rows, lengths = prep.rows, out["lengths"][: prep.rows]
+        top = None
+        if prep.top_logprobs:
+            pairs = lambda r, i: list(zip(out["top_ids"][r, i].tolist(), out["top_logprobs"][r, i].tolist()))
+            top = [[pairs(r, i) for i in range(lengths[r])] for r in range(rows)]
         return GenerationResult(
             token_ids=[out["tokens"][r, : lengths[r]].tolist() for r in range(rows)],
-            finish_reasons=[decode.FINISH_NAMES[int(f)] for f in out["finish"][:rows]],
+            finish_reasons=[loop.FINISH_NAMES[int(f)] for f in out["finish"][:rows]],
             logprobs=[out["logprobs"][r, : lengths[r]].tolist() for r in range(rows)],
             seed=prep.seed,
             steps=int(out["steps"]),
-            top_logprobs=[
-                [
-                    list(zip(out["top_ids"][r, i].tolist(), out["top_logprobs"][r, i].tolist()))
-                    for i in range(lengths[r])
-                ]
-                for r in range(rows)
-            ]
-            if prep.top_logprobs
-            else None,
+            top_logprobs=top,
         )
 
     def stream_ids(self, prompt: Sequence[int], **settings) -> Iterator[int]:
         """Yield one prompt's generated ids as they are chosen: the decode step runs from a Python loop.
 
         Same settings, keys and compiled step as `generate_ids`, so the ids are those `generate_ids` returns.
+        Settings are checked here, before the first id is asked for.
         """
-        prep = self._prepare([prompt], **settings)
-        args = (self.params, prep.tokens, prep.inputs, np.uint32(prep.seed), prep.row_seeds)
-        state = self._start_jit(*args, buffer=prep.buffer)
+        s = GenerationSettings.of(settings)
+        check(s.stop is None, InputError, "stop strings need a text prompt: use stream, or give stop_ids")
+        return self._stream_ids(self._prepare_stream([prompt], s))
+
+    def _prepare_stream(self, prompts, s: GenerationSettings) -> Prepared:
+        check(s.n == 1, InputError, f"a stream yields one sample: n must be 1, got {s.n!r} (use generate for n > 1)")
+        check(s.top_logprobs == 0, InputError, "a stream yields text or ids only: top_logprobs needs generate")
+        return self.prepare(prompts, s)
+
+    def _stream_ids(self, prep: Prepared) -> Iterator[int]:
+        inputs = jax.device_put(prep.inputs)  # once, not at every step
+        state = self.programs.start(self.params, inputs, buffer=prep.buffer)
         while True:
-            state = self._step_jit(self.params, state, prep.inputs)
+            state = self.programs.step(self.params, state, inputs)
             token, done = jax.device_get((state.last[0], state.done[0]))
             yield int(token)
             if done:
                 return
 
-    def stream(self, prompt: str, *, stop: str | Sequence[str] | None = None, **settings) -> Iterator[str]:
-        """Yield the continuation of one text prompt piece by piece; pieces never split a UTF-8 character.
+    # ---- text in, text out -------------------------------------------------------------------------------------
+    def generate(self, prompts: str | Sequence[str], **settings) -> GenerationResult:
+        """Text in, text out; `texts` holds each continuation.
 
-        The pieces concatenate to `generate(prompt, stop=stop, **settings).texts[0]` for the same seed. Text that
-        could be the start of a stop string is held back until it is known not to be one.
+        `stop`: strings that end a row (finish reason "stop"); the text ends before the stop string.
         """
         tok = self._require_tokenizer()
-        check(isinstance(prompt, str), InputError, f"prompt must be a string, got {type(prompt).__name__}")
-        ids = tok.encode(prompt)
-        check(len(ids) > 0, InputError, "prompt is empty: give at least one character")
-        if settings.get("seed") is None:
-            settings["seed"] = secrets.randbits(32)
-        stops, stop_ids = self._stop_ids(stop)
-        decoder, text, sent = IncrementalDecoder(tok, ids), "", 0
-        for token in self.stream_ids(ids, stop_ids=stop_ids, **settings):
+        s = GenerationSettings.of(settings).with_seed()
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        check(
+            isinstance(prompts, (list, tuple)) and len(prompts) > 0,
+            InputError,
+            "prompts must be a string or a non-empty list of strings",
+        )
+        ids = [self._encode_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        stops = stop_strings(s.stop)
+        result = self._generate_ids(ids, self._with_stop_ids(s, stops))
+        texts, token_ids, logprobs, finish = [], [], [], list(result.finish_reasons)
+        for r, (prompt_ids, new_ids) in enumerate(zip(repeat_rows(ids, s.n), result.token_ids)):
+            text, keep, stopped = cut_at_stop(IncrementalDecoder(tok, prompt_ids).decode_all(new_ids), stops)
+            finish[r] = "stop" if stopped else finish[r]
+            texts.append(text)
+            token_ids.append(new_ids[:keep])
+            logprobs.append(result.logprobs[r][:keep])
+        return dataclasses.replace(result, texts=texts, token_ids=token_ids, logprobs=logprobs, finish_reasons=finish)
+
+    def stream(self, prompt: str, **settings) -> Iterator[str]:
+        """The continuation of one text prompt, piece by piece; pieces never split a UTF-8 character.
+
+        The pieces concatenate to `generate(prompt, **settings).texts[0]` for the same seed. Text that could be the
+        start of a stop string is held back until it is known not to be one. Settings are checked here.
+        """
+        tok = self._require_tokenizer()
+        s = GenerationSettings.of(settings).with_seed()
+        ids = self._encode_prompt(prompt, "prompt")
+        stops = stop_strings(s.stop)
+        prep = self._prepare_stream([ids], self._with_stop_ids(s, stops))
+        return self._stream_text(tok, ids, self._stream_ids(prep), stops)
+
+    @staticmethod
+    def _stream_text(tok: BaseTokenizer, prompt_ids, tokens: Iterator[int], stops: list[str]) -> Iterator[str]:
+        decoder, text, sent = IncrementalDecoder(tok, prompt_ids), "", 0
+        for token in tokens:
             text += decoder.add([token])
             cut = first_stop(text, stops)
             if cut is not None:
@@ -232,134 +201,75 @@ class Generator:
         if end > sent:
             yield text[sent:end]
 
-    def _stop_ids(self, stop) -> tuple[list[str], list[list[int]] | None]:
-        if stop is None:
-            return [], None
-        stop = [stop] if isinstance(stop, str) else stop
-        check(
-            isinstance(stop, (list, tuple)) and all(isinstance(x, str) and x for x in stop),
-            InputError,
-            "stop must be a non-empty string or a list of non-empty strings",
-        )
-        tok = self._require_tokenizer()
-        ids = [tok._encode_one(x)[1:] if tok.add_bos else tok._encode_one(x) for x in stop]
-        return list(stop), ids
+    def _with_stop_ids(self, s: GenerationSettings, stops: list[str]) -> GenerationSettings:
+        ids = (list(s.stop_ids) if s.stop_ids else []) + (stop_token_ids(self.tokenizer, stops) or [])
+        return dataclasses.replace(s, stop=None, stop_ids=ids or None)
 
-    def generate(
-        self, prompts: str | Sequence[str], *, stop: str | Sequence[str] | None = None, **settings
-    ) -> GenerationResult:
-        """Text in, text out. Takes the settings of `generate_ids`; `texts` holds each continuation.
+    def _encode_prompt(self, prompt, what: str) -> list[int]:
+        ids = self._require_tokenizer().encode(check_text(prompt, what))
+        check(len(ids) > 0, InputError, f"{what} is empty: give at least one character")
+        return ids
 
-        `stop`: strings that end a row (finish reason "stop"); the text ends before the stop string. They are
-        matched on token ids inside the loop and again on the text, so a stop string spelled with other tokens
-        than its own encoding is caught too.
-        """
-        tok = self._require_tokenizer()
-        single = isinstance(prompts, str)
-        prompts = [prompts] if single else prompts
-        check(
-            isinstance(prompts, (list, tuple)) and len(prompts) > 0,
-            InputError,
-            "prompts must be a string or a non-empty list of strings",
-        )
-        for i, p in enumerate(prompts):
-            check(isinstance(p, str), InputError, f"prompt {i} must be a string, got {type(p).__name__}")
-        ids = [tok.encode(p) for p in prompts]
-        for i, p in enumerate(ids):
-            check(len(p) > 0, InputError, f"prompt {i} is empty: give at least one character")
-        stops, stop_ids = self._stop_ids(stop)
-        result = self.generate_ids(ids, stop_ids=stop_ids, **settings)
-        n = settings.get("n", 1)
-        texts, token_ids, logprobs, finish = [], [], [], list(result.finish_reasons)
-        for r, new_ids in enumerate(result.token_ids):
-            prompt_ids = ids[r // n]
-            decoder = IncrementalDecoder(tok, prompt_ids)
-            pieces = [decoder.add([t]) for t in new_ids]
-            pieces[-1:] = [(pieces[-1] if pieces else "") + decoder.flush()]
-            text = "".join(pieces)
-            cut = first_stop(text, stops)
-            keep = len(new_ids)
-            if cut is not None:
-                text, finish[r] = text[:cut], "stop"
-                keep, total = 0, 0
-                while keep < len(pieces) and total + len(pieces[keep]) <= cut:
-                    total += len(pieces[keep])
-                    keep += 1
-            texts.append(text)
-            token_ids.append(new_ids[:keep])
-            logprobs.append(result.logprobs[r][:keep])
-        return dataclasses.replace(result, texts=texts, token_ids=token_ids, logprobs=logprobs, finish_reasons=finish)
-
-    # ---- scoring ----------------------------------------------------------------------------------------------
-    def _score_traced(self, params, tokens, valid):
-        self.trace_count += 1
-        logits = forward(self.config, params, tokens, valid)
-        logprobs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-        target = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
-        scored = valid[:, 1:] & valid[:, :-1]
-        return jnp.sum(jnp.where(scored, target, 0.0), axis=1), jnp.sum(scored, axis=1)
-
+    # ---- scoring -----------------------------------------------------------------------------------------------
     def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> ScoreResult:
-        """Teacher-forced log-likelihood of each sequence's tokens after its first (each at most the context)."""
+        """Teacher-forced log-likelihood of each sequence's tokens after its first (each 2 .. context tokens)."""
+        check(
+            is_integer(batch_size) and 1 <= batch_size <= MAX_SCORE_BATCH,
+            InputError,
+            f"batch_size must be an integer in [1, {MAX_SCORE_BATCH}], got {batch_size!r}",
+        )
         check(
             isinstance(sequences, (list, tuple)) and len(sequences) > 0,
             InputError,
             "sequences must be a non-empty list of token-id lists",
         )
-        seqs = [self._check_ids(i, s, what="sequence") for i, s in enumerate(sequences)]
+        seqs = [check_ids(self.config, i, s, what="sequence") for i, s in enumerate(sequences)]
+        context = self.config.max_seq_len
         for i, s in enumerate(seqs):
+            check(len(s) >= 2, InputError, f"sequence {i} has {len(s)} token: scoring needs at least 2")
             check(
-                len(s) <= self.config.max_seq_len,
-                InputError,
-                f"sequence {i} has {len(s)} tokens, more than the context of {self.config.max_seq_len}",
+                len(s) <= context, InputError, f"sequence {i} has {len(s)} tokens, more than the context of {context}"
             )
         totals, counts = [], []
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start : start + batch_size]
-            batch = left_pad(
-                chunk,
-                self.config.pad_id,
-                rows=bucket(len(chunk)),
-                length=min(bucket(max(map(len, chunk)), MIN_LENGTH_BUCKET), self.config.max_seq_len),
-            )
-            ll, n = jax.device_get(self._score_jit(self.params, batch.tokens, batch.valid))
+            batch = score_batch(chunk, self.config.pad_id, context, self._data_axis())
+            ll, n = jax.device_get(self.programs.score(self.params, batch.tokens, batch.valid))
             totals += ll[: len(chunk)].tolist()
             counts += n[: len(chunk)].tolist()
         return ScoreResult(log_likelihood=totals, num_tokens=[int(c) for c in counts])
 
     def score(self, texts: str | Sequence[str], batch_size: int = 8) -> ScoreResult:
-        """Teacher-forced log-likelihood of each text (BOS-prefixed as the tokenizer is configured).
-
-        A text longer than the context is scored in consecutive windows, each starting afresh (with BOS when the
-        tokenizer adds one); the per-window sums and counts are added up per text.
-        """
+        """Teacher-forced log-likelihood of each text (BOS-prefixed as the tokenizer is configured); a text longer
+        than the context is scored in windows (see scoring.py)."""
         tok = self._require_tokenizer()
         texts = [texts] if isinstance(texts, str) else texts
         check(
-            isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts) and texts,
+            isinstance(texts, (list, tuple)) and len(texts) > 0,
             InputError,
             "texts must be a string or a non-empty list of strings",
         )
-        windows, owner = [], []
         prefix_len = 1 if tok.add_bos else 0
-        step = self.config.max_seq_len - prefix_len
+        parts, owner = [], []
         for i, text in enumerate(texts):
-            ids = tok.encode(text)
-            prefix, body = ids[:prefix_len], ids[prefix_len:]
-            for start in range(0, max(len(body), 1), step):
-                window = prefix + body[start : start + step]
-                if window:
-                    windows.append(window)
+            ids = tok.encode(check_text(text, f"text {i}"))
+            check(len(ids) >= 2, InputError, f"text {i} is {len(ids)} token long: scoring needs at least 2 tokens")
+            for w in windows(ids, prefix_len, self.config.max_seq_len):
+                if len(w) >= 2:  # a last window of BOS + 0 tokens scores nothing
+                    parts.append(w)
                     owner.append(i)
-        scored = self.score_ids(windows, batch_size)
+        scored = self.score_ids(parts, batch_size)
         totals, counts = [0.0] * len(texts), [0] * len(texts)
         for i, ll, n in zip(owner, scored.log_likelihood, scored.num_tokens):
             totals[i] += ll
             counts[i] += n
         return ScoreResult(log_likelihood=totals, num_tokens=counts)
 
-    # ---- helpers ----------------------------------------------------------------------------------------------
-    def _require_tokenizer(self) -> Tokenizer:
+    # ---- helpers -----------------------------------------------------------------------------------------------
+    def _data_axis(self) -> int:
+        return self.mesh.shape["data"] if self.mesh is not None else 1
+
+    def _require_tokenizer(self) -> BaseTokenizer:
         check(
             self.tokenizer is not None,
             TokenizerError,

@@ -4,15 +4,12 @@ Every config field that changes the computation is mapped or rejected with a cle
 tensor at a time from memory-mapped safetensors files, and each tensor's mapped pages are released once converted,
 so peak host memory stays near the size of the converted parameters.
 
-Layouts: torch `Linear` stores [out, in], so Llama projections are transposed; GPT-2's `Conv1D` already stores
-[in, out], so only the fused q|k|v split and head reshapes are needed. Transformers' rotary layout is the half-split
-one `layers.rope` uses, so q/k need no permutation.
+Weight names and layouts are in `hf_names.py`, shared with the export.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -22,7 +19,9 @@ from gpt_jax import safetensors_io
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, check
 from gpt_jax.generate import Generator
-from gpt_jax.tokenizer import Tokenizer
+from gpt_jax.hf_names import gpt2_mapping, gpt2_split, llama_mapping
+from gpt_jax.params import param_shapes, unflatten
+from gpt_jax.tokenizer_files import load_tokenizer
 
 SUPPORTED = ("gpt2", "llama", "mistral")
 GPT2_ACTIVATIONS = {
@@ -130,96 +129,6 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
         raise CheckpointError(str(e)) from None
 
 
-# ---- weight names -----------------------------------------------------------------------------------------------
-# Each entry: our flat name -> (hf name, to_ours(array, cfg), to_hf(array, cfg)).
-Mapping = dict[str, tuple[str, Callable, Callable]]
-
-
-def _same(x, cfg):
-    return x
-
-
-def _linear_in(heads_of: Callable[[ModelConfig], int]):
-    """torch Linear [heads*H, D] <-> ours [D, heads, H]."""
-    return (lambda w, c: w.T.reshape(c.d_model, heads_of(c), c.head_dim), lambda w, c: w.reshape(c.d_model, -1).T)
-
-
-def _linear_out():
-    """torch Linear [D, N*H] <-> ours [N, H, D]."""
-    return (lambda w, c: w.T.reshape(c.n_heads, c.head_dim, c.d_model), lambda w, c: w.reshape(-1, c.d_model).T)
-
-
-def _transpose():
-    return (lambda w, c: w.T, lambda w, c: w.T)
-
-
-def _heads_bias(heads_of):
-    return (lambda b, c: b.reshape(heads_of(c), c.head_dim), lambda b, c: b.reshape(-1))
-
-
-def llama_mapping(cfg: ModelConfig) -> Mapping:
-    n, k = (lambda c: c.n_heads), (lambda c: c.n_kv_heads)
-    m: Mapping = {
-        "embed": ("model.embed_tokens.weight", _same, _same),
-        "final_norm.scale": ("model.norm.weight", _same, _same),
-    }
-    if not cfg.tie_embeddings:
-        m["lm_head"] = ("lm_head.weight", *_transpose())
-    for i in range(cfg.n_layers):
-        hf, us = f"model.layers.{i}.", f"layer_{i}."
-        m[us + "attn_norm.scale"] = (hf + "input_layernorm.weight", _same, _same)
-        m[us + "mlp_norm.scale"] = (hf + "post_attention_layernorm.weight", _same, _same)
-        for ours, theirs, heads in (("q", "q_proj", n), ("k", "k_proj", k), ("v", "v_proj", k)):
-            m[us + f"attn.{ours}_kernel"] = (hf + f"self_attn.{theirs}.weight", *_linear_in(heads))
-            if cfg.attn_bias:
-                m[us + f"attn.{ours}_bias"] = (hf + f"self_attn.{theirs}.bias", *_heads_bias(heads))
-        m[us + "attn.o_kernel"] = (hf + "self_attn.o_proj.weight", *_linear_out())
-        if cfg.attn_bias:
-            m[us + "attn.o_bias"] = (hf + "self_attn.o_proj.bias", _same, _same)
-        for ours in ("gate", "up", "down"):
-            m[us + f"mlp.{ours}_kernel"] = (hf + f"mlp.{ours}_proj.weight", *_transpose())
-            if cfg.mlp_bias:
-                m[us + f"mlp.{ours}_bias"] = (hf + f"mlp.{ours}_proj.bias", _same, _same)
-    return m
-
-
-def gpt2_mapping(cfg: ModelConfig) -> Mapping:
-    """GPT-2's fused c_attn [D, 3D] is split into q, k, v below (see `_gpt2_split`); the rest maps one to one."""
-    m: Mapping = {
-        "embed": ("transformer.wte.weight", _same, _same),
-        "pos_embed": ("transformer.wpe.weight", _same, _same),
-        "final_norm.scale": ("transformer.ln_f.weight", _same, _same),
-        "final_norm.bias": ("transformer.ln_f.bias", _same, _same),
-    }
-    if not cfg.tie_embeddings:
-        m["lm_head"] = ("lm_head.weight", *_transpose())
-    for i in range(cfg.n_layers):
-        hf, us = f"transformer.h.{i}.", f"layer_{i}."
-        for norm, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-            m[us + f"{norm}.scale"] = (hf + f"{theirs}.weight", _same, _same)
-            m[us + f"{norm}.bias"] = (hf + f"{theirs}.bias", _same, _same)
-        m[us + "attn.o_kernel"] = (
-            hf + "attn.c_proj.weight",
-            lambda w, c: w.reshape(c.n_heads, c.head_dim, -1),
-            lambda w, c: w.reshape(-1, c.d_model),
-        )
-        m[us + "attn.o_bias"] = (hf + "attn.c_proj.bias", _same, _same)
-        m[us + "mlp.up_kernel"] = (hf + "mlp.c_fc.weight", _same, _same)  # Conv1D: already [in, out]
-        m[us + "mlp.up_bias"] = (hf + "mlp.c_fc.bias", _same, _same)
-        m[us + "mlp.down_kernel"] = (hf + "mlp.c_proj.weight", _same, _same)
-        m[us + "mlp.down_bias"] = (hf + "mlp.c_proj.bias", _same, _same)
-    return m
-
-
-def _gpt2_split(name: str, w: np.ndarray, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """c_attn weight [D, 3*N*H] or bias [3*N*H] -> q, k, v kernels [D, N, H] or biases [N, H]."""
-    layer = name.split(".")[2]
-    parts = np.split(w, 3, axis=-1)
-    kind = "kernel" if w.ndim == 2 else "bias"
-    shape = (cfg.d_model, cfg.n_heads, cfg.head_dim) if w.ndim == 2 else (cfg.n_heads, cfg.head_dim)
-    return {f"layer_{layer}.attn.{p}_{kind}": part.reshape(shape) for p, part in zip("qkv", parts)}
-
-
 class _WeightFiles:
     """The tensors of `model.safetensors` or of the shards an index names, memory-mapped, by name."""
 
@@ -275,8 +184,6 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
     missing = sorted(needed - set(present))
     check(not missing, CheckpointError, f"{directory}: missing weights {missing[:6]}")
 
-    from gpt_jax.checkpoint import param_shapes, unflatten
-
     expected = param_shapes(config)
     target = jnp.dtype(config.dtype)
     flat: dict = {}
@@ -316,22 +223,7 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
                     f"{directory}: weight {name!r} has shape {tuple(w.shape)}, expected last axis "
                     f"{3 * config.n_heads * config.head_dim}",
                 )
-                for ours, part in _gpt2_split(name, w, config).items():
+                for ours, part in gpt2_split(name, w, config).items():
                     put(ours, part, name)
                 files.where[present[name]].release(present[name])
-    return Generator(config, unflatten(flat), load_hf_tokenizer(directory, config), mesh)
-
-
-def load_hf_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
-    """tokenizer.model (SentencePiece) whatever the model type; else GPT-2 byte-level BPE files; else None."""
-    if (directory / "tokenizer.model").is_file():
-        from gpt_jax.checkpoint import load_tokenizer
-
-        tok = load_tokenizer(directory, config.vocab_size, config.add_bos, exact=False)
-    elif (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file():
-        from gpt_jax.bpe import ByteLevelBPETokenizer
-
-        tok = ByteLevelBPETokenizer.from_directory(directory, config)
-    else:
-        return None
-    return tok
+    return Generator(config, unflatten(flat), load_tokenizer(directory, config, exact=False), mesh)

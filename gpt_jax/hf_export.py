@@ -10,13 +10,12 @@ import numpy as np
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, check
-from gpt_jax.hf import gpt2_mapping, llama_mapping
+from gpt_jax.hf_names import gpt2_mapping, llama_mapping
+from gpt_jax.params import flatten
 
 
 def export_tensors(config: ModelConfig, params: dict) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json dict, tensors by Hugging Face name) for a Llama-style or GPT-2-style config."""
-    from gpt_jax.checkpoint import flatten
-
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     eos = list(config.eos_ids)
     common = {

@@ -22,6 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.batching import positions_from_padding
 from gpt_jax.config import ModelConfig
 
 
@@ -78,7 +79,7 @@ def cached_positions_and_mask(
     A query at slot q sees slot s when the row's real tokens start at or before s and s <= q (causal).
     """
     query_slots = index + jnp.arange(query_len, dtype=jnp.int32)  # [T]
-    positions = jnp.maximum(query_slots[None, :] - pad_len[:, None], 0)  # [B, T]
+    positions = positions_from_padding(query_slots, pad_len)  # [B, T]
     key_slots = jnp.arange(cache_len, dtype=jnp.int32)  # [S]
     mask = (key_slots[None, None, :] >= pad_len[:, None, None]) & (
         key_slots[None, None, :] <= query_slots[None, :, None]
@@ -86,8 +87,6 @@ def cached_positions_and_mask(
     return positions, mask
 
 
-def causal_mask(valid: jax.Array) -> jax.Array:
-    """[B, T] validity (True for real tokens) -> [B, T, T] mask for an uncached forward pass."""
-    t = valid.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    return causal[None] & valid[:, None, :]
+def uncached_positions_and_mask(pad_len: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
+    """Positions [B, T] and causal mask [B, T, T] of left-padded rows in a forward pass without a cache."""
+    return cached_positions_and_mask(jnp.zeros((), jnp.int32), pad_len, length, length)

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import ConfigError
 from gpt_jax.kv_cache import cache_layout
+from gpt_jax.numerics import MASK_VALUE
 from gpt_jax.quantize import Int8Kernel, contract
 
-MASK_VALUE = -1e30  # finite, so a fully masked row gives a uniform softmax, never NaN
 init_weight = nn.initializers.normal(0.02)
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.kv_cache import KVCache
+from gpt_jax.kv_cache import KVCache, uncached_positions_and_mask
 from gpt_jax.layers import Block, Norm, init_weight, weight
 from gpt_jax.quantize import contract
 
@@ -68,12 +68,10 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
 def forward(config: ModelConfig, params: dict, tokens: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     """An uncached forward pass over whole sequences: tokens [B, T] -> logits [B, T, V].
 
-    `valid` [B, T] marks real tokens (left padding False); positions count real tokens only.
+    `valid` [B, T] marks real tokens (default: all); padding is on the left, and positions count real tokens only.
     """
-    from gpt_jax.kv_cache import causal_mask
-
-    if valid is None:
-        valid = jnp.ones(tokens.shape, bool)
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-    logits, _ = Transformer(config).apply({"params": params}, tokens, positions, causal_mask(valid))
+    t = tokens.shape[1]
+    pad_len = jnp.zeros((tokens.shape[0],), jnp.int32) if valid is None else t - jnp.sum(valid, axis=1, dtype=jnp.int32)
+    positions, mask = uncached_positions_and_mask(pad_len, t)
+    logits, _ = Transformer(config).apply({"params": params}, tokens, positions, mask)
     return logits

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.sampling import MASK_VALUE, fill_rows, sanitize
+from gpt_jax.numerics import MASK_VALUE
+from gpt_jax.sampling import fill_rows, sanitize
 
 
 @flax.struct.dataclass

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MASK_VALUE = -1e30  # below every sanitized logit
+from gpt_jax.numerics import MASK_VALUE
+
 LOGIT_LIMIT = 1e20  # raw logits are clipped to +-LOGIT_LIMIT (NaN -> -LOGIT_LIMIT)
 SCALED_LIMIT = 1e28  # logits / temperature are clipped to +-SCALED_LIMIT
 

@@ -110,4 +110,22 @@ def cache_spec() -> P:
 
 
 def batch_spec() -> P:
+    """A batch of rows [B, ...]: rows on data."""
     return P("data")
+
+
+def auto_axes(mesh) -> Mesh:
+    """`mesh` with both axes in JAX's Auto mode, the mode the partition rules and sharding constraints are written
+    for. `jax.make_mesh` makes Explicit axes by default (sharding in types); the same devices in the same order
+    serve either way, so nothing about placement changes."""
+    check(
+        isinstance(mesh, Mesh),
+        InputError,
+        f"mesh must be a jax.sharding.Mesh with axes {AXES} (e.g. gpt_jax.sharding.make_mesh(data=2, model=4) or "
+        f"jax.make_mesh((2, 4), {AXES})), got {type(mesh).__name__}",
+    )
+    check(tuple(mesh.axis_names) == AXES, InputError, f"mesh axes must be {AXES}, got {tuple(mesh.axis_names)}")
+    auto = jax.sharding.AxisType.Auto
+    if all(t == auto for t in getattr(mesh, "axis_types", (auto,) * len(AXES))):
+        return mesh
+    return Mesh(mesh.devices, AXES, axis_types=(auto,) * len(AXES))

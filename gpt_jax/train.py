@@ -23,8 +23,9 @@ from gpt_jax import checkpoint, safetensors_io
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, check
 from gpt_jax.generate import Generator
-from gpt_jax.model import forward, init_params
-from gpt_jax.sharding import make_mesh, shard_params
+from gpt_jax.model import init_params
+from gpt_jax.scoring import token_logprobs
+from gpt_jax.sharding import batch_spec, make_mesh, shard_params
 from gpt_jax.tokenizer import Tokenizer, train_tokenizer
 
 STATE_FILE, OPT_FILE = "train_state.json", "optimizer.safetensors"
@@ -81,7 +82,7 @@ class Corpus:
     def from_text(cls, text: str, tokenizer: Tokenizer, tc: TrainConfig) -> Corpus:
         lines = text.splitlines(keepends=True)
         chunks = ["".join(lines[i : i + 256]) for i in range(0, len(lines), 256)]  # splits at newlines: exact
-        ids = np.concatenate([np.asarray(tokenizer._sp.encode(c), np.int32) for c in chunks])
+        ids = np.concatenate([np.asarray(tokenizer.encode(c, add_special_tokens=False), np.int32) for c in chunks])
         blocks = [ids[i : i + tc.block_tokens] for i in range(0, len(ids), tc.block_tokens)]
         val_blocks = [b for i, b in enumerate(blocks) if i % tc.val_every == tc.val_every - 1]
         train = np.concatenate([b for i, b in enumerate(blocks) if i % tc.val_every != tc.val_every - 1])
@@ -125,9 +126,7 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
 
 def token_nll(config: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
     """[B, T] windows -> [B] summed negative log-likelihood of tokens 1..T-1 given the ones before."""
-    logits = forward(config, params, tokens)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0].sum(axis=1)
+    return -token_logprobs(config, params, tokens)[0].sum(axis=1)
 
 
 class Trainer:
@@ -177,7 +176,7 @@ class Trainer:
     def _shard(self, tokens: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(tokens)
-        return jax.device_put(tokens, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data")))
+        return jax.device_put(tokens, jax.sharding.NamedSharding(self.mesh, batch_spec()))
 
     def evaluate(self) -> dict:
         """Held-out loss in nats per token and per character."""

@@ -8,6 +8,7 @@ import pytest
 
 import gpt_jax
 from gpt_jax import CheckpointError, Generator, checkpoint
+from gpt_jax.params import flatten
 from gpt_jax.config import LLAMA_TINY
 
 
@@ -26,7 +27,7 @@ def test_round_trip_is_bit_identical(model, saved):
     assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
     loaded = gpt_jax.load(saved)
     assert loaded.config == model.config
-    flat_a, flat_b = checkpoint.flatten(model.params), checkpoint.flatten(loaded.params)
+    flat_a, flat_b = flatten(model.params), flatten(loaded.params)
     assert flat_a.keys() == flat_b.keys()
     for k in flat_a:
         assert np.array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k])), k

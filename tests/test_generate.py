@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_jax import Generator, InputError, TokenizerError
+from gpt_jax import GenerationSettings, Generator, InputError, TokenizerError
 from gpt_jax.config import GPT2_TINY, LLAMA_TINY, ConfigError
 
 PROMPTS = [[1, 5, 9, 13, 17, 21, 25], [1, 7], [1, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46]]
@@ -70,11 +70,12 @@ def test_no_recompilation_within_a_bucket():
 def test_compiled_decode_never_copies_the_cache(gen, rows):
     """The optimized program writes each layer's cache in place: no copy of a cache-shaped array anywhere
     (a regression here costs ~10% of a batch-1 step on CPU; see kv_cache.py)."""
-    prep = gen._prepare([[1, 2, 3]] * rows, max_new_tokens=8, temperature=0.0)
-    args = (gen.params, prep.tokens, prep.inputs, np.uint32(0), prep.row_seeds)
-    hlo = gen._generate_jit.lower(*args, buffer=prep.buffer, top_logprobs=0).compile().as_text()
-    cfg, slots = gen.config, prep.tokens.shape[1] + prep.buffer
-    r = prep.tokens.shape[0] * cfg.n_kv_heads
+    prep = gen.prepare([[1, 2, 3]] * rows, GenerationSettings(max_new_tokens=8, temperature=0.0))
+    lowered = gen.programs.generate.lower(gen.params, prep.inputs, buffer=prep.buffer, top_logprobs=0)
+    hlo = lowered.compile().as_text()
+    tokens = prep.inputs.tokens
+    cfg, slots = gen.config, tokens.shape[1] + prep.buffer
+    r = tokens.shape[0] * cfg.n_kv_heads
     shapes = [f"[{r},{cfg.head_dim},{slots}]", f"[{r},{slots},{cfg.head_dim}]"]
     copies = [line for line in hlo.splitlines() if " copy(" in line and any(s in line.split("=")[1] for s in shapes)]
     assert hlo.count(f"[{r},{cfg.head_dim},{slots}]") > 0, "cache shape not found: the test is out of date"

@@ -25,6 +25,7 @@ from gpt_jax.sampling import SamplingParams, row_keys, sample, sanitize, step_ke
 LogitsFn = Callable[..., tuple[jax.Array, KVCache]]
 RUNNING, EOS, LENGTH, STOP = 0, 1, 2, 3  # finish reasons
 FINISH_NAMES = {RUNNING: None, EOS: "eos", LENGTH: "length", STOP: "stop"}
+FINISH_CODES = {name: code for code, name in FINISH_NAMES.items()}
 MAX_STOP_SEQUENCES, MAX_STOP_TOKENS = 8, 16
 
 
@@ -32,7 +33,10 @@ MAX_STOP_SEQUENCES, MAX_STOP_TOKENS = 8, 16
 class DecodeInputs:
     """Per-call traced values: changing any of them never recompiles."""
 
+    tokens: jax.Array  # [B, T] left-padded prompts
     pad_len: jax.Array  # [B] leading padding slots of each row
+    seed: jax.Array  # uint32 scalar
+    row_seeds: jax.Array  # [B] row r samples with fold_in(key(seed), row_seeds[r])
     max_new_tokens: jax.Array  # [B] per-row budget, <= M
     active: jax.Array  # [B] False for bucket filler rows
     eos_ids: jax.Array  # [E] stop ids, -1 for unused entries (all -1: ignore EOS)
@@ -61,10 +65,9 @@ class DecodeState:
     cache: KVCache
 
 
-def prefill(
-    logits_fn: LogitsFn, params, tokens: jax.Array, inputs: DecodeInputs, cache: KVCache
-) -> tuple[jax.Array, KVCache]:
+def prefill(logits_fn: LogitsFn, params, inputs: DecodeInputs, cache: KVCache) -> tuple[jax.Array, KVCache]:
     """Run the whole left-padded prompt [B, T] through the model; return the last column's logits [B, V]."""
+    tokens = inputs.tokens
     positions, mask = cached_positions_and_mask(cache.index, inputs.pad_len, tokens.shape[1], cache.length)
     logits, cache = logits_fn(params, tokens, positions, mask, cache)
     return logits[:, -1], cache
@@ -132,19 +135,13 @@ def decode_step(logits_fn: LogitsFn, params, state: DecodeState, inputs: DecodeI
 
 
 def start(
-    logits_fn: LogitsFn,
-    params,
-    tokens: jax.Array,
-    inputs: DecodeInputs,
-    cache: KVCache,
-    seed: jax.Array,
-    row_seeds: jax.Array,
-    buffer: int,
-    top_logprobs: int = 0,
+    logits_fn: LogitsFn, params, inputs: DecodeInputs, cache: KVCache, buffer: int, top_logprobs: int = 0
 ) -> DecodeState:
-    """Prefill: the state the loop (or a stream) continues from; its logits give the first token."""
-    logits, cache = prefill(logits_fn, params, tokens, inputs, cache)
-    b = tokens.shape[0]
+    """Prefill: the state the loop (or a stream) continues from; its logits give the first token.
+
+    buffer: the output buffer M; top_logprobs: alternatives recorded per token (both static)."""
+    logits, cache = prefill(logits_fn, params, inputs, cache)
+    b = inputs.tokens.shape[0]
     state = DecodeState(
         step=jnp.zeros((), jnp.int32),
         last=jnp.zeros((b,), jnp.int32),
@@ -156,10 +153,10 @@ def start(
         recent=jnp.full((b, inputs.stop_seqs.shape[1]), -2, jnp.int32),
         done=~inputs.active,
         finish=jnp.full((b,), RUNNING, jnp.int32),
-        keys=row_keys(seed, row_seeds),
+        keys=row_keys(inputs.seed, inputs.row_seeds),
         logits=logits.astype(jnp.float32),
         counts=jnp.zeros((b, logits.shape[-1]), jnp.int32),
-        prompt_seen=penalties.seen_in_prompt(tokens, inputs.pad_len, logits.shape[-1]),
+        prompt_seen=penalties.seen_in_prompt(inputs.tokens, inputs.pad_len, logits.shape[-1]),
         cache=cache,
     )
     return state
@@ -176,17 +173,9 @@ def finish_rows(state: DecodeState) -> DecodeState:
 
 
 def generate_loop(
-    logits_fn: LogitsFn,
-    params,
-    tokens: jax.Array,
-    inputs: DecodeInputs,
-    cache: KVCache,
-    seed: jax.Array,
-    row_seeds: jax.Array,
-    buffer: int,
-    top_logprobs: int = 0,
+    logits_fn: LogitsFn, params, inputs: DecodeInputs, cache: KVCache, buffer: int, top_logprobs: int = 0
 ) -> DecodeState:
     """The whole decode: prefill, then `while_loop` until every row is done. Jit this (buffer static)."""
-    state = start(logits_fn, params, tokens, inputs, cache, seed, row_seeds, buffer, top_logprobs)
+    state = start(logits_fn, params, inputs, cache, buffer, top_logprobs)
     state = jax.lax.while_loop(running, lambda s: decode_step(logits_fn, params, s, inputs), state)
     return finish_rows(state)

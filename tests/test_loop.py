@@ -3,11 +3,10 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import decode
+from gpt_jax import loop as decode
 from gpt_jax.batching import left_pad
 from gpt_jax.config import LLAMA_TINY
 from gpt_jax.kv_cache import init_cache
@@ -23,19 +22,25 @@ def fake_logits_fn(params, tokens, positions, mask, cache):
     return jax.nn.one_hot((tokens + 1) % V, V) * 10.0, cache.advance(tokens.shape[1])
 
 
-@functools.partial(jax.jit, static_argnames="buffer")
 def run(tokens, inputs, *, buffer):
+    return _run(inputs.replace(tokens=tokens), buffer=buffer)
+
+
+@functools.partial(jax.jit, static_argnames="buffer")
+def _run(inputs, *, buffer):
+    tokens = inputs.tokens
     cache = init_cache(LLAMA_TINY, tokens.shape[0], tokens.shape[1] + buffer)
-    return decode.generate_loop(
-        fake_logits_fn, None, tokens, inputs, cache, jnp.uint32(0), jnp.arange(tokens.shape[0]), buffer
-    )
+    return decode.generate_loop(fake_logits_fn, None, inputs, cache, buffer)
 
 
 def inputs_for(batch, max_new, eos=(), temperature=0.0):
     rows = batch.tokens.shape[0]
     eos = list(eos) + [-1] * (8 - len(eos))
     return decode.DecodeInputs(
+        tokens=batch.tokens,
         pad_len=batch.pad_len,
+        seed=np.uint32(0),
+        row_seeds=np.arange(rows, dtype=np.int32),
         max_new_tokens=np.broadcast_to(np.asarray(max_new, np.int32), (rows,)).copy(),
         active=batch.active,
         eos_ids=np.array(eos, np.int32),
@@ -97,9 +102,7 @@ def test_eos_table(prompts, eos, max_new, tokens, lengths, finish, steps):
 def test_cache_full_stops_the_loop():
     batch = left_pad([[1]], PAD, length=2)
     cache = init_cache(LLAMA_TINY, 1, 5)  # 2 prompt slots + room for 3 fed tokens
-    state = jax.jit(
-        lambda t, i, c: decode.generate_loop(fake_logits_fn, None, t, i, c, jnp.uint32(0), jnp.arange(1), 16)
-    )(batch.tokens, inputs_for(batch, 16), cache)
+    state = jax.jit(lambda i, c: decode.generate_loop(fake_logits_fn, None, i, c, 16))(inputs_for(batch, 16), cache)
     assert int(state.step) == 4 and state.finish.tolist() == [decode.LENGTH]
     assert state.tokens[0, :4].tolist() == [2, 3, 4, 5]
 

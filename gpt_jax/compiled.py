@@ -1,0 +1,66 @@
+"""The compiled programs of one model: the whole decode (prefill + `while_loop`), its two halves for streaming
+(prefill, one step), and scoring. Each is traced once per shape bucket (rows, prompt length, output buffer);
+sampling values are traced inputs, so changing them compiles nothing new. `trace_count` counts the traces.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+
+from gpt_jax import loop
+from gpt_jax.config import ModelConfig
+from gpt_jax.kv_cache import KVCache, init_cache
+from gpt_jax.model import Transformer
+from gpt_jax.scoring import sequence_log_likelihood
+from gpt_jax.sharding import cache_spec
+
+
+class CompiledPrograms:
+    def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh | None = None):
+        self.config, self.mesh = config, mesh
+        self.model = Transformer(config)
+        self.trace_count = 0
+        self.generate = jax.jit(self._generate, static_argnames=("buffer", "top_logprobs"))
+        self.start = jax.jit(self._start, static_argnames=("buffer", "top_logprobs"))
+        self.step = jax.jit(partial(loop.decode_step, self.logits_fn), donate_argnums=(1,))
+        self.score = jax.jit(self._score)
+
+    def logits_fn(self, params, tokens, positions, mask, cache):
+        return self.model.apply({"params": params}, tokens, positions, mask, cache)
+
+    def new_cache(self, rows: int, length: int) -> KVCache:
+        """An empty cache, its rows spread over the mesh (rows on data, kv heads on model) when there is one."""
+        cache = init_cache(self.config, rows, length)
+        if self.mesh is None:
+            return cache
+        spec = jax.sharding.NamedSharding(self.mesh, cache_spec())
+        return cache.replace(
+            k=tuple(jax.lax.with_sharding_constraint(k, spec) for k in cache.k),
+            v=tuple(jax.lax.with_sharding_constraint(v, spec) for v in cache.v),
+        )
+
+    def _start(self, params, inputs: loop.DecodeInputs, *, buffer: int, top_logprobs: int = 0) -> loop.DecodeState:
+        self.trace_count += 1
+        b, t = inputs.tokens.shape
+        return loop.start(self.logits_fn, params, inputs, self.new_cache(b, t + buffer), buffer, top_logprobs)
+
+    def _generate(self, params, inputs: loop.DecodeInputs, *, buffer: int, top_logprobs: int = 0) -> dict:
+        self.trace_count += 1
+        b, t = inputs.tokens.shape
+        cache = self.new_cache(b, t + buffer)
+        state = loop.generate_loop(self.logits_fn, params, inputs, cache, buffer, top_logprobs)
+        return {
+            "tokens": state.tokens,
+            "logprobs": state.logprobs,
+            "lengths": state.lengths,
+            "finish": state.finish,
+            "steps": state.step,
+            "top_ids": state.top_ids,
+            "top_logprobs": state.top_logprobs,
+        }
+
+    def _score(self, params, tokens, valid):
+        self.trace_count += 1
+        return sequence_log_likelihood(self.config, params, tokens, valid)

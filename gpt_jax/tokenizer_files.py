@@ -1,0 +1,37 @@
+"""Which tokenizer a model directory holds: `tokenizer.model` (SentencePiece), else GPT-2's byte-level BPE files
+(`tokenizer.json`, or `vocab.json` + `merges.txt`), else none. Own and Hugging Face directories both load through
+here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpt_jax.bpe import ByteLevelBPETokenizer
+from gpt_jax.config import ModelConfig
+from gpt_jax.errors import CheckpointError, TokenizerError, check
+from gpt_jax.tokenizer import BaseTokenizer, Tokenizer
+
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def load_tokenizer(directory: Path, config: ModelConfig, exact: bool = True) -> BaseTokenizer | None:
+    """The directory's tokenizer, if any. Its vocabulary must equal the embedding's rows (`exact`) or fit in them
+    (Hugging Face models often pad the embedding)."""
+    path = directory / SENTENCEPIECE_FILE
+    source = path if path.is_file() else directory
+    try:
+        if path.is_file():
+            tok = Tokenizer(path, add_bos=config.add_bos)
+        elif (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file():
+            tok = ByteLevelBPETokenizer.from_directory(directory, config)
+        else:
+            return None
+    except TokenizerError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    check(
+        tok.vocab_size == config.vocab_size or (not exact and tok.vocab_size < config.vocab_size),
+        CheckpointError,
+        f"{source}: tokenizer has {tok.vocab_size} pieces but the model's embedding has {config.vocab_size} rows",
+    )
+    return tok
