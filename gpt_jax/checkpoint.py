@@ -1,62 +1,45 @@
-"""Model directories: `config.json` + `model.safetensors` + `tokenizer.model`.
+"""Model directories: `config.json` + `model.safetensors` + `tokenizer.model` (or `tokenizer.json`).
 
-`save` writes into a temporary sibling directory and renames it into place, so an interrupted save never leaves a
-half-written directory under the target name, and a previous checkpoint there stays loadable until the new one is
-complete. `load` validates everything before building anything; no pickle is ever read.
+`save` refuses to write over anything that is not a checkpoint, then writes into a temporary sibling directory and
+renames it into place (see safe_write.py): an interrupted save never leaves a half-written directory under the
+target name, and a previous checkpoint there stays loadable until the new one is complete. `load` validates
+everything before building anything; no pickle is ever read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import hf, safetensors_io
+from gpt_jax import hf, safetensors_io, sharding
 from gpt_jax.config import ModelConfig
-from gpt_jax.errors import CheckpointError, ConfigError, check
+from gpt_jax.errors import CheckpointError, ConfigError, InputError, check
 from gpt_jax.generate import Generator
 from gpt_jax.hf_export import export_tensors
+from gpt_jax.json_files import read_json_object
 from gpt_jax.params import flatten, param_shapes, unflatten
+from gpt_jax.safe_write import as_path, atomic_directory, check_extra_files, check_target
 from gpt_jax.tokenizer_files import SENTENCEPIECE_FILE, load_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", SENTENCEPIECE_FILE
+OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, SENTENCEPIECE_FILE, "tokenizer.json")
+EXTRA_FILES_KEY = "gpt_jax_extra_files"  # safetensors metadata: the extra files a save wrote (its own, too)
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shakespeare"
+WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def atomic_directory(target: Path):
-    """Context manager: yields a temporary directory that replaces `target` only if the block completes."""
-
-    class _Atomic:
-        def __enter__(self):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-            return self.tmp
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return False
-            for f in self.tmp.iterdir():
-                f.chmod(0o644)
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            self.tmp.chmod(0o755)
-            old = None
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{os.getpid()}"
-                os.replace(target, old)
-            os.replace(self.tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            return False
-
-    return _Atomic()
+def own_files(directory: Path) -> set[str]:
+    """The files a previous save wrote into `directory` (the standard ones plus the extras it recorded)."""
+    try:
+        extras = json.loads(safetensors_io.read_metadata(directory / WEIGHTS_FILE).get(EXTRA_FILES_KEY, "[]"))
+    except (CheckpointError, OSError, json.JSONDecodeError):
+        extras = []
+    return set(OWN_FILES) | {x for x in extras if isinstance(x, str)}
 
 
 def save(
@@ -68,30 +51,39 @@ def save(
 ) -> Path:
     """Write `generator` as a model directory, atomically. format: "native" or "hf" (Hugging Face layout).
 
-    `weights_dtype` ("float16", "bfloat16", "float32") stores the tensors in that dtype (loading converts them
-    back to the config's dtype); default: as they are.
+    `directory` must be new, empty or a checkpoint written by `save`; anything else is refused before anything is
+    written. `extra_files` ({plain name: bytes}) are stored beside the checkpoint. `weights_dtype` ("float16",
+    "bfloat16", "float32") stores the tensors in that dtype (loading converts them back to the config's dtype).
     """
+    check(
+        isinstance(generator, Generator),
+        InputError,
+        f"generator must be a gpt_jax.Generator, got {type(generator).__name__}",
+    )
     check(format in ("native", "hf"), CheckpointError, f"format must be 'native' or 'hf', got {format!r}")
-    target = Path(directory)
+    check(
+        weights_dtype is None or weights_dtype in WEIGHT_DTYPES,
+        CheckpointError,
+        f"weights_dtype must be 'float32', 'float16' or 'bfloat16', got {weights_dtype!r}",
+    )
+    target = as_path(directory)
+    extras = check_extra_files(extra_files, OWN_FILES)
+    check_target(target, own_files(target) if target.is_dir() else OWN_FILES)
     if format == "hf":
         config_dict, tensors = export_tensors(generator.config, generator.params)
     else:
         config_dict = generator.config.to_dict()
         tensors = {k: np.asarray(v) for k, v in flatten(generator.params).items()}
     if weights_dtype is not None:
-        check(
-            weights_dtype in ("float32", "float16", "bfloat16"),
-            CheckpointError,
-            f"weights_dtype must be 'float32', 'float16' or 'bfloat16', got {weights_dtype!r}",
-        )
         tensors = {k: np.asarray(jnp.asarray(v).astype(weights_dtype)) for k, v in tensors.items()}
+    metadata = {"format": "np", EXTRA_FILES_KEY: json.dumps(sorted(extras))}
     with atomic_directory(target) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2) + "\n")
-        safetensors_io.write(tmp / WEIGHTS_FILE, tensors, metadata={"format": "np"})
+        safetensors_io.write(tmp / WEIGHTS_FILE, tensors, metadata=metadata)
         if generator.tokenizer is not None:
             for name, data in generator.tokenizer.files().items():
                 (tmp / name).write_bytes(data)
-        for name, data in (extra_files or {}).items():
+        for name, data in extras.items():
             (tmp / name).write_bytes(data)
     return target
 
@@ -99,19 +91,32 @@ def save(
 def read_config(directory: Path) -> dict:
     path = directory / CONFIG_FILE
     check(path.is_file(), CheckpointError, f"{path}: missing (a model directory needs {CONFIG_FILE})")
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    return read_json_object(path)
+
+
+def check_layer_count(config: ModelConfig, names, source: str) -> None:
+    """The config's layer count must be the one the tensors hold: checked before any shape is computed, so a config
+    claiming 200000 layers fails at once."""
+    layers = {n.split(".")[0] for n in names if n.startswith("layer_")}
+    check(
+        len(layers) == config.n_layers,
+        CheckpointError,
+        f"{source}: the config says n_layers={config.n_layers}, the weights hold {len(layers)} layers",
+    )
 
 
 def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, jax.ShapeDtypeStruct], source: str) -> None:
-    """Same names, same shapes; dtype may differ (it is converted)."""
+    """Same names, same shapes, floating-point values (the dtype is converted to the config's)."""
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     check(not missing, CheckpointError, f"{source}: missing tensors {missing[:8]}")
     check(not extra, CheckpointError, f"{source}: unexpected tensors {extra[:8]}")
     for name, spec in expected.items():
+        check(
+            safetensors_io.is_float(tensors[name].dtype),
+            CheckpointError,
+            f"{source}: tensor {name!r} is stored as {tensors[name].dtype}; weights must be floating point",
+        )
         check(
             tuple(tensors[name].shape) == tuple(spec.shape),
             CheckpointError,
@@ -125,7 +130,9 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
     With no path, the bundled default model. `dtype` ("float32", "bfloat16", "float16") converts the weights.
     `mesh` (a jax.sharding.Mesh with axes ("data", "model")) shards the parameters and the generation.
     """
-    directory = Path(path) if path is not None else DEFAULT_MODEL
+    directory = as_path(path, "path") if path is not None else DEFAULT_MODEL
+    check(dtype is None or dtype in WEIGHT_DTYPES, InputError, f"dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
+    mesh = sharding.auto_axes(mesh) if mesh is not None else None  # checked before anything is read
     check(directory.is_dir(), CheckpointError, f"{directory}: not a directory (expected a model directory)")
     raw = read_config(directory)
     if "model_type" in raw:
@@ -138,6 +145,7 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
         config = config.replace(dtype=dtype)
     weights = directory / WEIGHTS_FILE
     tensors = safetensors_io.read(weights)
+    check_layer_count(config, tensors, str(weights))
     check_tensors(tensors, param_shapes(config), str(weights))
     params = unflatten({k: jnp.asarray(v, dtype=config.dtype) for k, v in tensors.items()})
     return Generator(config, params, load_tokenizer(directory, config), mesh)

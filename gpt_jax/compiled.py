@@ -17,6 +17,35 @@ from gpt_jax.scoring import sequence_log_likelihood
 from gpt_jax.sharding import cache_spec
 
 
+def available_memory_bytes(mesh=None) -> int | None:
+    """Memory a decode may use: free accelerator memory over the mesh's devices, or the host's available memory
+    (MemAvailable) on CPU; None when it cannot be told."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        devices = mesh.devices.size if mesh is not None else 1
+        return devices * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def decode_bytes(config: ModelConfig, rows: int, prompt_len: int, buffer: int) -> int:
+    """An estimate of what one decode allocates besides the weights: the KV cache, the per-row [B, V] state, and
+    the prefill's attention scores (fp32, [B, N, T, S]), the largest activation."""
+    slots = prompt_len + buffer
+    itemsize = jax.numpy.dtype(config.dtype).itemsize
+    cache = 2 * config.n_layers * rows * config.n_kv_heads * config.head_dim * slots * itemsize
+    state = 6 * rows * config.vocab_size * 4 + 4 * rows * buffer * 4
+    scores = rows * config.n_heads * prompt_len * slots * 4
+    return cache + state + scores
+
+
 class CompiledPrograms:
     def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh | None = None):
         self.config, self.mesh = config, mesh

@@ -8,6 +8,7 @@ Every field that changes the computation is here, so a config plus a params dict
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from gpt_jax.errors import ConfigError, check
@@ -17,6 +18,17 @@ POSITIONS = ("learned", "rope")
 MLPS = ("gelu", "swiglu")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu")
 DTYPES = ("float32", "bfloat16", "float16")
+# Upper bounds on sizes: far above any released model, low enough that a damaged config fails here, not later.
+LIMITS = {
+    "vocab_size": 2**22,
+    "d_model": 2**16,
+    "n_layers": 1024,
+    "n_heads": 1024,
+    "mlp_dim": 2**20,
+    "max_seq_len": 2**21,
+    "head_dim": 2**12,
+    "n_kv_heads": 1024,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +56,15 @@ class ModelConfig:
     add_bos: bool = True
     dtype: str = "float32"
 
+    def _check_sizes(self, names) -> None:
+        for name in names:
+            value = getattr(self, name)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            check(ok and value >= 1, ConfigError, f"{name} must be an integer >= 1, got {value!r}")
+            check(value <= LIMITS[name], ConfigError, f"{name} must be at most {LIMITS[name]}, got {value!r}")
+
     def __post_init__(self):
+        self._check_sizes(("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "max_seq_len"))
         if not self.n_kv_heads:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if not self.head_dim and self.n_heads > 0 and self.d_model % self.n_heads == 0:
@@ -53,15 +73,13 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "max_seq_len"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and value >= 1, ConfigError, f"{name} must be an integer >= 1, got {value!r}")
+        self._check_sizes(("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "max_seq_len", "n_kv_heads"))
         check(
             self.d_model % self.n_heads == 0 or self.head_dim > 0,
             ConfigError,
             f"n_heads={self.n_heads} must divide d_model={self.d_model} (or give head_dim explicitly)",
         )
-        check(self.head_dim >= 1, ConfigError, f"head_dim must be >= 1, got {self.head_dim}")
+        self._check_sizes(("head_dim",))
         check(
             self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
             ConfigError,
@@ -84,8 +102,13 @@ class ModelConfig:
                 ConfigError,
                 f"{name} must be one of {allowed}, got {getattr(self, name)!r}",
             )
-        check(self.norm_eps > 0, ConfigError, f"norm_eps must be > 0, got {self.norm_eps}")
-        check(self.rope_theta > 0, ConfigError, f"rope_theta must be > 0, got {self.rope_theta}")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            check(
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                ConfigError,
+                f"{name} must be a finite number > 0, got {value!r}",
+            )
         for name in ("bos_id", "pad_id"):
             value = getattr(self, name)
             check(

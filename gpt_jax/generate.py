@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import jax
 
 from gpt_jax import loop, sharding
-from gpt_jax.compiled import CompiledPrograms
+from gpt_jax.compiled import CompiledPrograms, available_memory_bytes, decode_bytes
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, TokenizerError, check
 from gpt_jax.model import init_params
@@ -86,8 +86,19 @@ class Generator:
         return Generator(self.config, params, self.tokenizer, self.mesh)
 
     def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
-        """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis)."""
-        return prepare(self.config, prompts, settings, self.mesh.shape["data"] if self.mesh is not None else 1)
+        """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis); a decode
+        that cannot fit in memory is refused here, not by an out-of-memory error halfway through."""
+        prep = prepare(self.config, prompts, settings, self._data_axis())
+        rows, prompt_len = prep.inputs.tokens.shape
+        need, have = decode_bytes(self.config, rows, prompt_len, prep.buffer), available_memory_bytes(self.mesh)
+        check(
+            have is None or need <= have,
+            InputError,
+            f"this call needs about {need / 2**30:.1f} GiB for its KV cache and activations ({rows} rows x "
+            f"{prompt_len + prep.buffer} slots) and {have / 2**30 if have else 0:.1f} GiB are available: "
+            "lower max_new_tokens, the prompt length or the number of prompts",
+        )
+        return prep
 
     # ---- ids in, ids out ---------------------------------------------------------------------------------------
     def generate_ids(self, prompts: Sequence[Sequence[int]], **settings) -> GenerationResult:
@@ -202,8 +213,17 @@ class Generator:
             yield text[sent:end]
 
     def _with_stop_ids(self, s: GenerationSettings, stops: list[str]) -> GenerationSettings:
-        ids = (list(s.stop_ids) if s.stop_ids else []) + (stop_token_ids(self.tokenizer, stops) or [])
-        return dataclasses.replace(s, stop=None, stop_ids=ids or None)
+        """Text stop strings added to the token-level stops (their own encodings) of the compiled loop."""
+        if not stops:
+            return dataclasses.replace(s, stop=None)
+        check(
+            s.stop_ids is None or isinstance(s.stop_ids, (list, tuple)),
+            InputError,
+            f"stop_ids must be a list of token-id lists, got {type(s.stop_ids).__name__}",
+        )
+        return dataclasses.replace(
+            s, stop=None, stop_ids=list(s.stop_ids or []) + stop_token_ids(self.tokenizer, stops)
+        )
 
     def _encode_prompt(self, prompt, what: str) -> list[int]:
         ids = self._require_tokenizer().encode(check_text(prompt, what))

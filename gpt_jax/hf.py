@@ -9,7 +9,6 @@ Weight names and layouts are in `hf_names.py`, shared with the export.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ from gpt_jax.errors import CheckpointError, ConfigError, check
 from gpt_jax.generate import Generator
 from gpt_jax.hf_names import gpt2_mapping, gpt2_split, llama_mapping
 from gpt_jax.params import param_shapes, unflatten
+from gpt_jax.json_files import read_json_object
 from gpt_jax.tokenizer_files import load_tokenizer
 
 SUPPORTED = ("gpt2", "llama", "mistral")
@@ -33,98 +33,128 @@ GPT2_ACTIVATIONS = {
 }
 
 
-def _rope_theta(raw: dict, source: str) -> float:
-    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+class _Fields:
+    """Typed reads of a config dict: a field of the wrong type is a CheckpointError naming the file and the field."""
+
+    def __init__(self, raw: dict, source: str):
+        self.raw, self.source = raw, source
+
+    def get(self, name: str, kinds: tuple[type, ...], default=None, required: bool = False):
+        if name not in self.raw or self.raw[name] is None:
+            check(not required, CheckpointError, f"{self.source}: missing field {name!r}")
+            return default
+        value = self.raw[name]
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        names = " or ".join(k.__name__ for k in kinds)
+        check(ok, CheckpointError, f"{self.source}: field {name!r} must be {names}, got {str(value)[:80]!r}")
+        return value
+
+    def int(self, name: str, default=None, required: bool = False) -> int:
+        return self.get(name, (int,), default, required)
+
+    def float(self, name: str, default: float) -> float:
+        return float(self.get(name, (int, float), default))
+
+    def ids(self, name: str) -> tuple[int, ...]:
+        """A token id or a list of them (e.g. eos_token_id)."""
+        value = self.get(name, (int, list), ())
+        value = [value] if isinstance(value, int) else value
+        check(
+            all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+            CheckpointError,
+            f"{self.source}: field {name!r} must be a token id or a list of token ids, got {str(value)[:80]!r}",
+        )
+        return tuple(value)
+
+
+def _rope_theta(f: _Fields) -> float:
+    rope = f.get("rope_parameters", (dict,)) or f.get("rope_scaling", (dict,)) or {}
     kind = rope.get("rope_type", rope.get("type", "default"))
     check(
         kind == "default",
         ConfigError,
-        f"{source}: rope scaling type {kind!r} is not supported (only unscaled rotary embeddings)",
+        f"{f.source}: rope scaling type {kind!r} is not supported (only unscaled rotary embeddings)",
     )
-    return float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
-
-
-def _ids(value) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, list) else (int(value),)
+    theta = _Fields(rope, f"{f.source} (rope parameters)").float("rope_theta", 0.0) or f.float("rope_theta", 10000.0)
+    return theta
 
 
 def config_from_hf(raw: dict, generation: dict | None = None, source: str = "config.json") -> ModelConfig:
     """A `ModelConfig` equivalent to a Hugging Face config dict (plus generation_config.json, if any)."""
     kind = raw.get("model_type")
     check(kind in SUPPORTED, CheckpointError, f"{source}: unsupported model_type {kind!r}; supported: {SUPPORTED}")
-    gen = generation or {}
-    bos = gen.get("bos_token_id", raw.get("bos_token_id"))
-    eos = _ids(gen.get("eos_token_id", raw.get("eos_token_id")))
+    f, g = _Fields(raw, source), _Fields(generation or {}, f"{source} (generation_config.json)")
+    bos = g.int("bos_token_id", f.int("bos_token_id"))
+    eos = g.ids("eos_token_id") or f.ids("eos_token_id")
+    pad = f.int("pad_token_id")
     try:
         if kind == "gpt2":
-            act = raw.get("activation_function", "gelu_new")
+            act = f.get("activation_function", (str,), "gelu_new")
             check(act in GPT2_ACTIVATIONS, ConfigError, f"{source}: activation_function {act!r} is not supported")
             check(
-                not raw.get("scale_attn_by_inverse_layer_idx", False),
+                not f.get("scale_attn_by_inverse_layer_idx", (bool,), False),
                 ConfigError,
                 f"{source}: scale_attn_by_inverse_layer_idx=true is not supported",
             )
             check(
-                raw.get("scale_attn_weights", True), ConfigError, f"{source}: scale_attn_weights=false is not supported"
+                f.get("scale_attn_weights", (bool,), True),
+                ConfigError,
+                f"{source}: scale_attn_weights=false is not supported",
             )
-            d = raw["n_embd"]
+            d = f.int("n_embd", required=True)
             eos = eos or (50256,)
             return ModelConfig(
-                vocab_size=raw["vocab_size"],
+                vocab_size=f.int("vocab_size", required=True),
                 d_model=d,
-                n_layers=raw["n_layer"],
-                n_heads=raw["n_head"],
-                mlp_dim=raw.get("n_inner") or 4 * d,
-                max_seq_len=raw["n_positions"],
+                n_layers=f.int("n_layer", required=True),
+                n_heads=f.int("n_head", required=True),
+                mlp_dim=f.int("n_inner") or 4 * d,
+                max_seq_len=f.int("n_positions", required=True),
                 norm="layernorm",
-                norm_eps=raw.get("layer_norm_epsilon", 1e-5),
+                norm_eps=f.float("layer_norm_epsilon", 1e-5),
                 position="learned",
                 mlp="gelu",
                 activation=GPT2_ACTIVATIONS[act],
-                tie_embeddings=raw.get("tie_word_embeddings", True),
+                tie_embeddings=f.get("tie_word_embeddings", (bool,), True),
                 attn_bias=True,
                 mlp_bias=True,
                 bos_id=-1 if bos is None else bos,
                 eos_ids=eos,
-                pad_id=raw.get("pad_token_id") if raw.get("pad_token_id") is not None else eos[0],
+                pad_id=pad if pad is not None else eos[0],
                 add_bos=False,
             )
-        act = raw.get("hidden_act", "silu")
+        act = f.get("hidden_act", (str,), "silu")
         check(act == "silu", ConfigError, f"{source}: hidden_act {act!r} is not supported (silu only)")
-        max_len = raw.get("max_position_embeddings", 2048)
-        window = raw.get("sliding_window") if kind == "mistral" else None
+        max_len = f.int("max_position_embeddings", 2048)
+        window = f.int("sliding_window") if kind == "mistral" else None
         if window:  # full attention equals sliding-window attention up to the window: cap the context there
             max_len = min(max_len, window)
-        n_heads = raw["num_attention_heads"]
+        n_heads = f.int("num_attention_heads", required=True)
+        d = f.int("hidden_size", required=True)
         eos = eos or (2,)
-        pad = raw.get("pad_token_id")
         return ModelConfig(
-            vocab_size=raw["vocab_size"],
-            d_model=raw["hidden_size"],
-            n_layers=raw["num_hidden_layers"],
+            vocab_size=f.int("vocab_size", required=True),
+            d_model=d,
+            n_layers=f.int("num_hidden_layers", required=True),
             n_heads=n_heads,
-            n_kv_heads=raw.get("num_key_value_heads") or n_heads,
-            head_dim=raw.get("head_dim") or raw["hidden_size"] // n_heads,
-            mlp_dim=raw["intermediate_size"],
+            n_kv_heads=f.int("num_key_value_heads") or n_heads,
+            head_dim=f.int("head_dim") or (d // n_heads if n_heads > 0 else 0),
+            mlp_dim=f.int("intermediate_size", required=True),
             max_seq_len=max_len,
             norm="rmsnorm",
-            norm_eps=raw.get("rms_norm_eps", 1e-6),
+            norm_eps=f.float("rms_norm_eps", 1e-6),
             position="rope",
-            rope_theta=_rope_theta(raw, source),
+            rope_theta=_rope_theta(f),
             mlp="swiglu",
             activation="silu",
-            tie_embeddings=raw.get("tie_word_embeddings", False),
-            attn_bias=raw.get("attention_bias", False),
-            mlp_bias=raw.get("mlp_bias", False),
+            tie_embeddings=f.get("tie_word_embeddings", (bool,), False),
+            attn_bias=f.get("attention_bias", (bool,), False),
+            mlp_bias=f.get("mlp_bias", (bool,), False),
             bos_id=-1 if bos is None else bos,
             eos_ids=eos,
             pad_id=pad if pad is not None and pad >= 0 else eos[0],
             add_bos=bos is not None,
         )
-    except KeyError as e:
-        raise CheckpointError(f"{source}: missing field {e.args[0]!r} for model_type {kind!r}") from None
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
 
@@ -136,12 +166,19 @@ class _WeightFiles:
         index = directory / "model.safetensors.index.json"
         single = directory / "model.safetensors"
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+            weight_map = read_json_object(index).get("weight_map")
+            check(
+                isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values()),
+                CheckpointError,
+                f"{index}: not a valid safetensors index (weight_map must be an object of file names)",
+            )
             shards = sorted(set(weight_map.values()))
             for shard in shards:
+                check(
+                    shard and Path(shard).name == shard and shard not in (".", ".."),
+                    CheckpointError,
+                    f"{index}: shard name {shard!r} is not a plain file name in the model directory",
+                )
                 check(
                     (directory / shard).is_file(),
                     CheckpointError,
@@ -173,7 +210,7 @@ def _strip_prefix(names: set[str], model_type: str) -> dict[str, str]:
 def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Generator:
     """Load a Hugging Face directory as a `Generator` (weights converted to `dtype`, default float32)."""
     gen_path = directory / "generation_config.json"
-    generation = json.loads(gen_path.read_text()) if gen_path.is_file() else None
+    generation = read_json_object(gen_path) if gen_path.is_file() else None
     config = config_from_hf(raw, generation, str(directory / "config.json")).replace(dtype=dtype or "float32")
     files = _WeightFiles(directory)
     present = _strip_prefix(files.names(), raw["model_type"])
@@ -194,6 +231,11 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
 
     def put(ours: str, array: np.ndarray, hf_name: str) -> None:
         want = tuple(expected[ours].shape)
+        check(
+            safetensors_io.is_float(array.dtype),
+            CheckpointError,
+            f"{directory}: weight {hf_name!r} is stored as {array.dtype}; weights must be floating point",
+        )
         check(
             tuple(array.shape) == want,
             CheckpointError,

@@ -14,9 +14,8 @@ from gpt_jax.hf_names import gpt2_mapping, llama_mapping
 from gpt_jax.params import flatten
 
 
-def export_tensors(config: ModelConfig, params: dict) -> tuple[dict, dict[str, np.ndarray]]:
-    """(config.json dict, tensors by Hugging Face name) for a Llama-style or GPT-2-style config."""
-    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+def hf_config(config: ModelConfig) -> dict:
+    """The `config.json` dict of the Hugging Face model (`llama` or `gpt2`) equivalent to `config`."""
     eos = list(config.eos_ids)
     common = {
         "vocab_size": config.vocab_size,
@@ -26,21 +25,8 @@ def export_tensors(config: ModelConfig, params: dict) -> tuple[dict, dict[str, n
         "pad_token_id": config.pad_id,
         "torch_dtype": config.dtype,
     }
-    llama_like = (config.norm, config.position, config.mlp, config.activation) == ("rmsnorm", "rope", "swiglu", "silu")
-    gpt2_like = (
-        (config.norm, config.position, config.mlp) == ("layernorm", "learned", "gelu")
-        and config.attn_bias
-        and config.mlp_bias
-        and config.activation in ("gelu_tanh", "gelu", "relu")
-    )
-    check(
-        llama_like or gpt2_like,
-        CheckpointError,
-        "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu) or GPT-2-style (layernorm, learned "
-        "positions, gelu MLP, biases) config",
-    )
-    if llama_like:
-        hf_config = {
+    if is_llama_like(config):
+        return {
             **common,
             "model_type": "llama",
             "architectures": ["LlamaForCausalLM"],
@@ -57,23 +43,47 @@ def export_tensors(config: ModelConfig, params: dict) -> tuple[dict, dict[str, n
             "attention_bias": config.attn_bias,
             "mlp_bias": config.mlp_bias,
         }
-        mapping = llama_mapping(config)
-    else:
-        check(config.tie_embeddings, CheckpointError, "format='hf' for GPT-2 style needs tied embeddings")
-        act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
-        hf_config = {
-            **common,
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "n_embd": config.d_model,
-            "n_layer": config.n_layers,
-            "n_head": config.n_heads,
-            "n_inner": config.mlp_dim,
-            "n_positions": config.max_seq_len,
-            "layer_norm_epsilon": config.norm_eps,
-            "activation_function": act,
-        }
-        mapping = gpt2_mapping(config)
+    check(
+        is_gpt2_like(config),
+        CheckpointError,
+        "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu) or GPT-2-style (layernorm, learned "
+        "positions, gelu MLP, biases) config",
+    )
+    check(config.tie_embeddings, CheckpointError, "format='hf' for GPT-2 style needs tied embeddings")
+    act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
+    return {
+        **common,
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "n_embd": config.d_model,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": config.mlp_dim,
+        "n_positions": config.max_seq_len,
+        "layer_norm_epsilon": config.norm_eps,
+        "activation_function": act,
+    }
+
+
+def is_llama_like(config: ModelConfig) -> bool:
+    return (config.norm, config.position, config.mlp, config.activation) == ("rmsnorm", "rope", "swiglu", "silu")
+
+
+def is_gpt2_like(config: ModelConfig) -> bool:
+    return (
+        (config.norm, config.position, config.mlp) == ("layernorm", "learned", "gelu")
+        and config.attn_bias
+        and config.mlp_bias
+        and config.activation in ("gelu_tanh", "gelu", "relu")
+    )
+
+
+def export_tensors(config: ModelConfig, params: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json dict, tensors by Hugging Face name) for a Llama-style or GPT-2-style config."""
+    config_dict = hf_config(config)
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    gpt2_like = config_dict["model_type"] == "gpt2"
+    mapping = gpt2_mapping(config) if gpt2_like else llama_mapping(config)
     tensors = {hf: to_hf(flat[ours], config) for ours, (hf, _, to_hf) in mapping.items()}
     if gpt2_like:
         for i in range(config.n_layers):
@@ -84,4 +94,4 @@ def export_tensors(config: ModelConfig, params: dict) -> tuple[dict, dict[str, n
             tensors[f"transformer.h.{i}.attn.c_attn.bias"] = np.concatenate(
                 [flat[a + f"{p}_bias"].reshape(-1) for p in "qkv"], axis=-1
             )
-    return hf_config, tensors
+    return config_dict, tensors

@@ -40,14 +40,17 @@ def _heads_bias(heads_of):
     return (lambda b, c: b.reshape(heads_of(c), c.head_dim), lambda b, c: b.reshape(-1))
 
 
-def llama_mapping(cfg: ModelConfig) -> Mapping:
-    n, k = (lambda c: c.n_heads), (lambda c: c.n_kv_heads)
-    m: Mapping = {
-        "embed": ("model.embed_tokens.weight", _same, _same),
-        "final_norm.scale": ("model.norm.weight", _same, _same),
-    }
+def _outside_the_layers(cfg: ModelConfig, names: dict[str, str]) -> Mapping:
+    """Embeddings and final norm map one to one; an untied head is a transposed torch Linear."""
+    m: Mapping = {ours: (theirs, _same, _same) for ours, theirs in names.items()}
     if not cfg.tie_embeddings:
         m["lm_head"] = ("lm_head.weight", *_transpose())
+    return m
+
+
+def llama_mapping(cfg: ModelConfig) -> Mapping:
+    n, k = (lambda c: c.n_heads), (lambda c: c.n_kv_heads)
+    m = _outside_the_layers(cfg, {"embed": "model.embed_tokens.weight", "final_norm.scale": "model.norm.weight"})
     for i in range(cfg.n_layers):
         hf, us = f"model.layers.{i}.", f"layer_{i}."
         m[us + "attn_norm.scale"] = (hf + "input_layernorm.weight", _same, _same)
@@ -68,14 +71,9 @@ def llama_mapping(cfg: ModelConfig) -> Mapping:
 
 def gpt2_mapping(cfg: ModelConfig) -> Mapping:
     """GPT-2's fused c_attn [D, 3D] is split into q, k, v below (see `gpt2_split`); the rest maps one to one."""
-    m: Mapping = {
-        "embed": ("transformer.wte.weight", _same, _same),
-        "pos_embed": ("transformer.wpe.weight", _same, _same),
-        "final_norm.scale": ("transformer.ln_f.weight", _same, _same),
-        "final_norm.bias": ("transformer.ln_f.bias", _same, _same),
-    }
-    if not cfg.tie_embeddings:
-        m["lm_head"] = ("lm_head.weight", *_transpose())
+    outside = {"embed": "wte", "pos_embed": "wpe", "final_norm.scale": "ln_f", "final_norm.bias": "ln_f"}
+    kind = {"final_norm.bias": "bias"}
+    m = _outside_the_layers(cfg, {k: f"transformer.{v}.{kind.get(k, 'weight')}" for k, v in outside.items()})
     for i in range(cfg.n_layers):
         hf, us = f"transformer.h.{i}.", f"layer_{i}."
         for norm, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):

@@ -4,13 +4,13 @@ Prompts are left-padded, so every row writes the same slot each step: the cache 
 batch and one `dynamic_update_slice` per layer per step does the write. A row's real tokens start at slot
 `pad_len[row]`; its position at slot s is `s - pad_len[row]`.
 
-Layout, chosen by measuring the decode step on XLA:CPU (2 cores), GPT-2-small shape:
+Layout, chosen by measuring the decode step (numbers in docs/BENCHMARKS.md):
   - kv heads ahead of slots (not [B, S, K, H]), so both attention products are batched matrix products over
-    (B, K) and the whole cache is never transposed (one layer's attention at batch 8: 2.41 ms -> 0.39 ms);
+    (B, K) and the whole cache is never transposed;
   - rows and kv heads merged into one leading axis R = B*K, keys stored [R, H, S] and values [R, S, H]: each
     product then takes the freshly updated cache as it is. With separate B and K axes XLA reshaped the update
     for the product and kept a second copy of it, and with keys [.., S, H] it transposed every layer's keys:
-    about 56 cache-sized copies per step at batch 1 (2.7 ms of a 28 ms step), none now.
+    dozens of cache-sized copies per step, none now (a test reads the compiled program for them).
 On a mesh the merged axis is split over ("data", "model"), which is rows on data and kv heads on model.
 
 Axes: B batch, T query length, S cache length, K kv heads, H head dim, R = B*K cache rows.

@@ -24,8 +24,8 @@ init_weight = nn.initializers.normal(0.02)
 
 def weight(module: nn.Module, name: str, init, shape: tuple[int, ...], dtype):
     """`module.param(name, init, shape, dtype)`, minus flax's abstract evaluation of `init` when the parameter
-    exists: that traced a random initializer for every weight on every trace (about a fifth of the first trace of
-    the GPT-2-small decode program, 1.2-1.3 s -> 0.8-1.1 s). The stored shape is still checked."""
+    exists: that traced a random initializer for every weight on every trace (a sizeable part of the first trace;
+    see docs/BENCHMARKS.md). The stored shape is still checked."""
     if not module.has_variable("params", name):
         return module.param(name, init, shape, dtype)
     value = module.get_variable("params", name)

@@ -8,6 +8,7 @@ the end, unknown dtypes) into one typed error naming the file. Writing uses the 
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -32,10 +33,25 @@ DTYPES = {
     "BOOL": np.bool_,
 }
 MAX_HEADER = 100 * 1024 * 1024
+FLOAT_DTYPES = {np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """The header dict (without __metadata__) and the offset where data begins."""
+def is_float(dtype) -> bool:
+    """A floating-point dtype that weights may be stored in."""
+    return np.dtype(dtype) in FLOAT_DTYPES
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def read_metadata(path: Path) -> dict:
+    """The file's `__metadata__` (string to string), {} when it has none."""
+    return _read_raw_header(Path(path))[0].get("__metadata__") or {}
+
+
+def _read_raw_header(path: Path) -> tuple[dict, int, int]:
+    """(the header as written, the offset where data begins, the file size)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -48,29 +64,47 @@ def read_header(path: Path) -> tuple[dict, int]:
         )
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
     check(isinstance(header, dict), CheckpointError, f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    data_size = size - 8 - n
+    metadata = header.get("__metadata__")
+    check(
+        metadata is None or isinstance(metadata, dict),
+        CheckpointError,
+        f"{path}: corrupt safetensors header (__metadata__ is not an object)",
+    )
+    return header, 8 + n, size
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The header dict (without __metadata__) and the offset where data begins; every entry checked."""
+    header, base, size = _read_raw_header(path)
+    header = {k: v for k, v in header.items() if k != "__metadata__"}
+    data_size = size - base
     for name, info in header.items():
         ok = (
             isinstance(info, dict)
             and info.get("dtype") in DTYPES
             and isinstance(info.get("shape"), list)
+            and all(_is_int(d) for d in info["shape"])
             and isinstance(info.get("data_offsets"), list)
             and len(info["data_offsets"]) == 2
+            and all(_is_int(o) for o in info["data_offsets"])
         )
-        check(ok, CheckpointError, f"{path}: tensor {name!r} has a malformed or unsupported header entry {info!r}")
+        check(
+            ok,
+            CheckpointError,
+            f"{path}: tensor {name!r} has a malformed or unsupported header entry {str(info)[:200]}",
+        )
         start, end = info["data_offsets"]
-        expected = int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(DTYPES[info["dtype"]]).itemsize
+        expected = math.prod(info["shape"]) * np.dtype(DTYPES[info["dtype"]]).itemsize  # exact: Python integers
         check(
             0 <= start <= end <= data_size and end - start == expected,
             CheckpointError,
             f"{path}: tensor {name!r} data is truncated or corrupt (offsets {start}..{end}, "
             f"{data_size} data bytes in the file, {expected} expected)",
         )
-    return header, 8 + n
+    return header, base
 
 
 class SafetensorsFile:
@@ -112,3 +146,8 @@ def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dic
     """Write tensors (any layout; made contiguous) with the safetensors package."""
     arrays = {k: np.asarray(v, order="C") for k, v in tensors.items()}  # (ascontiguousarray would make 0-d 1-d)
     safetensors.numpy.save_file(arrays, str(path), metadata=metadata)
+
+
+def to_bytes(tensors: dict[str, np.ndarray]) -> bytes:
+    """The safetensors encoding of `tensors`, in memory (no temporary file)."""
+    return safetensors.numpy.save({k: np.asarray(v, order="C") for k, v in tensors.items()})

@@ -43,7 +43,10 @@ class SamplingParams:
 
     @classmethod
     def make(cls, rows: int, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> SamplingParams:
-        """Scalars are broadcast to `rows`; sequences must already have one value per row (filler rows get the last)."""
+        """Scalars are broadcast to `rows`; sequences must already have one value per row (filler rows get the last).
+
+        A setting left out is off (the model's own distribution): these are the sampler's neutral values, not the
+        defaults of a generate call, which `settings.GenerationSettings` holds."""
 
         return cls(
             temperature=fill_rows(temperature, rows, np.float32),
@@ -65,8 +68,8 @@ def sanitize(logits: jax.Array) -> jax.Array:
 def first_argmax(x: jax.Array) -> jax.Array:
     """[B, V] finite -> [B] int32 index of the largest value, the lowest index among ties (as jnp.argmax).
 
-    A max and then a min over matching indices: two plain reductions, which XLA:CPU vectorizes (at V = 50257:
-    92 us at batch 1 and 348 us at batch 8, against 338 and 953 us for jnp.argmax's paired-value reduction).
+    A max and then a min over matching indices: two plain reductions, which XLA:CPU vectorizes, where
+    jnp.argmax's paired-value reduction does not (several times faster over 50257 logits; docs/BENCHMARKS.md).
     """
     top = jnp.max(x, axis=-1, keepdims=True)
     ids = jnp.arange(x.shape[-1], dtype=jnp.int32)

@@ -26,9 +26,9 @@ def stop_strings(stop) -> list[str]:
     return [check_text(x, "stop") for x in stop]
 
 
-def stop_token_ids(tokenizer: BaseTokenizer, stops: Sequence[str]) -> list[list[int]] | None:
-    """Each stop string's own encoding (no BOS), for the in-loop match; None when there are none."""
-    return [tokenizer.encode(x, add_special_tokens=False) for x in stops] or None
+def stop_token_ids(tokenizer: BaseTokenizer, stops: Sequence[str]) -> list[list[int]]:
+    """Each stop string's own encoding (no BOS), for the in-loop match."""
+    return [tokenizer.encode(x, add_special_tokens=False) for x in stops]
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:

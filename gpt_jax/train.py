@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -21,9 +22,11 @@ import optax
 
 from gpt_jax import checkpoint, safetensors_io
 from gpt_jax.config import ModelConfig
-from gpt_jax.errors import InputError, check
+from gpt_jax.errors import CheckpointError, InputError, check
+from gpt_jax.json_files import read_json_object
 from gpt_jax.generate import Generator
 from gpt_jax.model import init_params
+from gpt_jax.safe_write import as_path, check_target
 from gpt_jax.scoring import token_logprobs
 from gpt_jax.sharding import batch_spec, make_mesh, shard_params
 from gpt_jax.tokenizer import Tokenizer, train_tokenizer
@@ -62,7 +65,20 @@ class TrainConfig:
             v = getattr(self, name)
             check(isinstance(v, int) and v >= 1, InputError, f"{name} must be an integer >= 1, got {v!r}")
         check(self.seq_len >= 2, InputError, f"seq_len must be >= 2, got {self.seq_len}")
+        for name, low, high in (
+            ("learning_rate", 0.0, 10.0),
+            ("min_lr_ratio", 0.0, 1.0),
+            ("weight_decay", 0.0, 10.0),
+            ("grad_clip", 0.0, 1e6),
+        ):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+            check(ok, InputError, f"{name} must be a finite number in [{low}, {high}], got {v!r}")
         check(self.learning_rate > 0, InputError, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(self.grad_clip > 0, InputError, f"grad_clip must be > 0, got {self.grad_clip}")
+        check(
+            isinstance(self.seed, int) and self.seed >= 0, InputError, f"seed must be an integer >= 0, got {self.seed}"
+        )
         check(
             0 <= self.warmup_steps < self.steps or self.steps == 1,
             InputError,
@@ -224,21 +240,21 @@ class Trainer:
         """A loadable model directory plus the optimizer state and step, for `resume`."""
         opt_flat = {f"{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(self.opt_state))}
         state = {"step": self.step, "train_config": dataclasses.asdict(self.tc), "history": self.history}
-        tmp = directory.parent / f".{directory.name}.opt.tmp"
-        safetensors_io.write(tmp, opt_flat)
-        checkpoint.save(
-            self.generator(),
-            directory,
-            extra_files={STATE_FILE: json.dumps(state, indent=1).encode(), OPT_FILE: tmp.read_bytes()},
-        )
-        tmp.unlink()
+        extra = {STATE_FILE: json.dumps(state, indent=1).encode(), OPT_FILE: safetensors_io.to_bytes(opt_flat)}
+        checkpoint.save(self.generator(), directory, extra_files=extra)
 
     def resume(self, directory: str | Path) -> None:
         """Continue from a checkpoint written by `save` (same configs and corpus)."""
         directory = Path(directory)
+        check_resumable(directory)
         loaded = checkpoint.load(directory)
         check(loaded.config == self.config, InputError, f"{directory}: model config differs from this run's")
-        state = json.loads((directory / STATE_FILE).read_text())
+        state = read_json_object(directory / STATE_FILE)
+        check(
+            isinstance(state.get("step"), int) and isinstance(state.get("history"), list),
+            CheckpointError,
+            f"{directory / STATE_FILE}: damaged (needs an integer step and a history list)",
+        )
         check(
             state["train_config"] == dataclasses.asdict(self.tc),
             InputError,
@@ -271,6 +287,25 @@ def _progress(step: int, total: int, message: str) -> None:
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total}  {message}", end="", file=sys.stderr, flush=True)
 
 
+def check_resumable(directory: Path) -> None:
+    """`directory` must be a training checkpoint: a model directory with the training state beside it."""
+    check(directory.is_dir(), InputError, f"{directory}: no checkpoint to resume from (not a directory)")
+    for name in (checkpoint.TOKENIZER_FILE, STATE_FILE, OPT_FILE):
+        check(
+            (directory / name).is_file(),
+            CheckpointError,
+            f"{directory}: no {name}, so not a training checkpoint to resume (train without --resume)",
+        )
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file, or an InputError naming it and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def unigram_baseline(corpus: Corpus, vocab_size: int) -> float:
     """Held-out nats per token of a unigram model fit on the training stream (add-one smoothing)."""
     counts = np.bincount(corpus.train, minlength=vocab_size).astype(np.float64) + 1.0
@@ -289,10 +324,24 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
 ) -> Trainer:
     """Train a tokenizer (unless given) and a model on `text_files`; checkpoints go to `out_dir`."""
+    check(
+        isinstance(text_files, (list, tuple)) and len(text_files) > 0,
+        InputError,
+        "text_files must be a non-empty list of paths",
+    )
     for f in text_files:
         check(Path(f).is_file(), InputError, f"text file not found: {f}")
-    out_dir = Path(out_dir)
+    tc.validate()
+    check(
+        tc.seq_len <= config.max_seq_len,
+        InputError,
+        f"seq_len={tc.seq_len} is more than the model's context (max_seq_len={config.max_seq_len})",
+    )
+    out_dir = as_path(out_dir, "out_dir")
+    check_target(out_dir, checkpoint.own_files(out_dir) if out_dir.is_dir() else checkpoint.OWN_FILES)
+    text = "".join(read_text(Path(f)) for f in text_files)
     if resume:
+        check_resumable(out_dir)
         tokenizer = Tokenizer(out_dir / checkpoint.TOKENIZER_FILE)
     elif tokenizer is None:
         tokenizer = Tokenizer(train_tokenizer(text_files, config.vocab_size))
@@ -302,7 +351,6 @@ def train(
         f"tokenizer vocab_size {tokenizer.vocab_size} != model vocab_size {config.vocab_size}",
     )
     config = config.replace(bos_id=tokenizer.bos_id, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id, add_bos=True)
-    text = "".join(Path(f).read_text(encoding="utf-8") for f in text_files)
     corpus = Corpus.from_text(text, tokenizer, tc)
     trainer = Trainer(config, tokenizer, corpus, tc, out_dir, mesh)
     if resume:

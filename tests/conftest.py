@@ -44,6 +44,18 @@ def small_tokenizer(corpus_slice) -> Tokenizer:
     return Tokenizer(train_tokenizer([corpus_slice], 320, "bpe"))
 
 
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """`gpt-jax ARGV` in this process: (exit status, stdout, stderr); argparse's own exits count as statuses."""
+    from gpt_jax.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def chi_square_threshold(dof: int, z: float = 4.753) -> float:
     """Upper quantile of chi-square(dof) by the Wilson-Hilferty approximation; z=4.753 is a 1e-6 tail."""
     return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3

@@ -8,6 +8,7 @@ import pytest
 from gpt_jax import Generator, checkpoint
 from gpt_jax.cli import main
 from gpt_jax.config import LLAMA_TINY
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +67,7 @@ def test_generate_prints_the_fresh_seed(capsys, model_dir):
 def test_bad_input_is_one_line_and_status_2(capsys, model_dir, argv, message):
     if argv[0] in ("generate", "score") and "--model" not in argv:
         argv = argv + ["--model", model_dir]
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    err = capsys.readouterr().err
+    code, _, err = run_cli(capsys, argv)
     assert code == 2
     assert message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
