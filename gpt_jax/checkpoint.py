@@ -22,7 +22,8 @@ from gpt_jax.errors import CheckpointError, ConfigError, InputError, check
 from gpt_jax.generate import Generator
 from gpt_jax.hf_export import export_tensors
 from gpt_jax.json_files import read_json_object
-from gpt_jax.params import flatten, param_shapes, unflatten
+from gpt_jax.model import param_shapes
+from gpt_jax.params import flatten, unflatten
 from gpt_jax.safe_write import as_path, atomic_directory, check_extra_files, check_target
 from gpt_jax.tokenizer_files import SENTENCEPIECE_FILE, load_tokenizer
 

@@ -63,7 +63,7 @@ def _broadcast_seed(seed: int) -> int:
     """Host 0's seed on every host."""
     from jax.experimental import multihost_utils
 
-    return int(multihost_utils.broadcast_one_to_all(np.int64(seed)))
+    return int(multihost_utils.broadcast_one_to_all(np.uint32(seed)))  # 32 bits, as drawn
 
 
 def generate(gen: Generator, prompts: Sequence[str], **overrides) -> GenerationResult | None:

@@ -18,11 +18,11 @@ from gpt_jax import loop, sharding
 from gpt_jax.compiled import CompiledPrograms, available_memory_bytes, decode_bytes
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, TokenizerError, check
-from gpt_jax.model import init_params
+from gpt_jax.model import init_params, weight_infos
 from gpt_jax.quantize import quantize_params
 from gpt_jax.scoring import ScoreResult, score_batch, windows
 from gpt_jax.settings import GenerationSettings, Prepared, check_ids, is_integer, prepare, repeat_rows
-from gpt_jax.stops import cut_at_stop, first_stop, held_back, stop_strings, stop_token_ids
+from gpt_jax.stops import cut_at_stop, stop_strings, stop_token_ids, stream_text
 from gpt_jax.tokenizer import BaseTokenizer, IncrementalDecoder, check_text
 
 MAX_SCORE_BATCH = 1024
@@ -82,7 +82,8 @@ class Generator:
         Weight-only by default; `activations=True` also quantizes each token's activations on the fly (one scale
         per token) so the products run in int8 (see quantize.py for when each pays).
         """
-        params = jax.jit(lambda p: quantize_params(p, activations=activations))(self.params)
+        inputs = {name: info.inputs for name, info in weight_infos(self.config).items()}
+        params = jax.jit(lambda p: quantize_params(p, inputs, activations))(self.params)
         return Generator(self.config, params, self.tokenizer, self.mesh)
 
     def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
@@ -190,27 +191,7 @@ class Generator:
         ids = self._encode_prompt(prompt, "prompt")
         stops = stop_strings(s.stop)
         prep = self._prepare_stream([ids], self._with_stop_ids(s, stops))
-        return self._stream_text(tok, ids, self._stream_ids(prep), stops)
-
-    @staticmethod
-    def _stream_text(tok: BaseTokenizer, prompt_ids, tokens: Iterator[int], stops: list[str]) -> Iterator[str]:
-        decoder, text, sent = IncrementalDecoder(tok, prompt_ids), "", 0
-        for token in tokens:
-            text += decoder.add([token])
-            cut = first_stop(text, stops)
-            if cut is not None:
-                if cut > sent:
-                    yield text[sent:cut]
-                return
-            ready = len(text) - held_back(text, stops)
-            if ready > sent:
-                yield text[sent:ready]
-                sent = ready
-        text += decoder.flush()
-        cut = first_stop(text, stops)
-        end = len(text) if cut is None else cut
-        if end > sent:
-            yield text[sent:end]
+        return stream_text(IncrementalDecoder(tok, ids), self._stream_ids(prep), stops)
 
     def _with_stop_ids(self, s: GenerationSettings, stops: list[str]) -> GenerationSettings:
         """Text stop strings added to the token-level stops (their own encodings) of the compiled loop."""

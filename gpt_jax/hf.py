@@ -19,7 +19,8 @@ from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, check
 from gpt_jax.generate import Generator
 from gpt_jax.hf_names import gpt2_mapping, gpt2_split, llama_mapping
-from gpt_jax.params import param_shapes, unflatten
+from gpt_jax.model import param_shapes
+from gpt_jax.params import unflatten
 from gpt_jax.json_files import read_json_object
 from gpt_jax.tokenizer_files import load_tokenizer
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -20,14 +23,48 @@ from gpt_jax.numerics import MASK_VALUE
 from gpt_jax.quantize import Int8Kernel, contract
 
 init_weight = nn.initializers.normal(0.02)
+# Logical axis names of the weights: sharding maps them onto mesh axes (sharding.RULES).
+VOCAB, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP_WIDTH, POSITION = (
+    "vocab",
+    "embed",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "mlp",
+    "position",
+)
 
 
-def weight(module: nn.Module, name: str, init, shape: tuple[int, ...], dtype):
-    """`module.param(name, init, shape, dtype)`, minus flax's abstract evaluation of `init` when the parameter
+class WeightInfo(flax.struct.PyTreeNode, nn.meta.AxisMetadata):
+    """A weight as `init` creates it: the array, the logical name of each of its axes, and how many of its leading
+    axes the activations contract (0: not a projection kernel). The one table of weights that sharding and int8
+    quantization read (`model.weight_infos`); the params a model applies with are plain arrays."""
+
+    value: Any
+    axes: tuple[str, ...] = flax.struct.field(pytree_node=False)
+    inputs: int = flax.struct.field(pytree_node=False, default=0)
+
+    def unbox(self):
+        return self.value
+
+    def replace_boxed(self, val):
+        return self.replace(value=val)
+
+    def add_axis(self, index, params):
+        return self
+
+    def remove_axis(self, index, params):
+        return self
+
+
+def weight(module: nn.Module, name: str, init, shape: tuple[int, ...], dtype, axes: tuple[str, ...], inputs=0):
+    """`module.param(name, init, shape, dtype)` declared with its logical `axes` (and, for a projection kernel, the
+    number of leading axes the activations contract), minus flax's abstract evaluation of `init` when the parameter
     exists: that traced a random initializer for every weight on every trace (a sizeable part of the first trace;
     see docs/BENCHMARKS.md). The stored shape is still checked."""
     if not module.has_variable("params", name):
-        return module.param(name, init, shape, dtype)
+        boxed = lambda key, shape, dtype: WeightInfo(init(key, shape, dtype), axes, inputs)
+        return module.param(name, boxed, shape, dtype)
     value = module.get_variable("params", name)
     if tuple(value.shape) != tuple(shape):
         path = "/".join((*module.path, name))
@@ -52,10 +89,10 @@ class Norm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        scale = weight(self, "scale", nn.initializers.ones, (cfg.d_model,), dtype)
+        scale = weight(self, "scale", nn.initializers.ones, (cfg.d_model,), dtype, (EMBED,))
         x32 = x.astype(jnp.float32)
         if cfg.norm == "layernorm":
-            bias = weight(self, "bias", nn.initializers.zeros, (cfg.d_model,), dtype)
+            bias = weight(self, "bias", nn.initializers.zeros, (cfg.d_model,), dtype, (EMBED,))
             mean = x32.mean(-1, keepdims=True)
             var = jnp.square(x32 - mean).mean(-1, keepdims=True)
             y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
@@ -96,14 +133,14 @@ class Attention(nn.Module):
         n, k, h, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
 
-        def proj(name, heads):
-            w = weight(self, f"{name}_kernel", init_weight, (d, heads, h), dtype)
+        def proj(name, heads, heads_axis):
+            w = weight(self, f"{name}_kernel", init_weight, (d, heads, h), dtype, (EMBED, heads_axis, HEAD_DIM), 1)
             y = contract("BTD,DNH->BTNH", x, w)
             if cfg.attn_bias:
-                y = y + weight(self, f"{name}_bias", nn.initializers.zeros, (heads, h), dtype)
+                y = y + weight(self, f"{name}_bias", nn.initializers.zeros, (heads, h), dtype, (heads_axis, HEAD_DIM))
             return y
 
-        q, key, value = proj("q", n), proj("k", k), proj("v", k)  # [B, T, N|K, H]
+        q, key, value = proj("q", n, HEADS), proj("k", k, KV_HEADS), proj("v", k, KV_HEADS)  # [B, T, N|K, H]
         if cfg.position == "rope":
             q, key = rope(q, positions, cfg.rope_theta), rope(key, positions, cfg.rope_theta)
         b, t = q.shape[:2]
@@ -119,10 +156,10 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype).reshape(b * k, g * t, -1)
         out = jnp.einsum("RQS,RSH->RQH", probs, value).reshape(b, k, g, t, h)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)  # [B, T, N*H]: heads in the kernel's order
-        w_o = weight(self, "o_kernel", out_init, (n, h, d), dtype)
+        w_o = weight(self, "o_kernel", out_init, (n, h, d), dtype, (HEADS, HEAD_DIM, EMBED), 2)
         y = contract("BTI,IO->BTO", out, _merge_heads(w_o))
         if cfg.attn_bias:
-            y = y + weight(self, "o_bias", nn.initializers.zeros, (d,), dtype)
+            y = y + weight(self, "o_bias", nn.initializers.zeros, (d,), dtype, (EMBED,))
         return y, cache
 
 
@@ -137,17 +174,19 @@ class MLP(nn.Module):
         d, f = cfg.d_model, cfg.mlp_dim
         act = activation(cfg.activation)
 
-        def dense(name, inputs, shape, init=init_weight):
-            y = contract("BTI,IO->BTO", inputs, weight(self, f"{name}_kernel", init, shape, dtype))
+        def dense(name, inputs, axes, init=init_weight):
+            shape = tuple({EMBED: d, MLP_WIDTH: f}[a] for a in axes)
+            y = contract("BTI,IO->BTO", inputs, weight(self, f"{name}_kernel", init, shape, dtype, axes, 1))
             if cfg.mlp_bias:
-                y = y + weight(self, f"{name}_bias", nn.initializers.zeros, (shape[1],), dtype)
+                y = y + weight(self, f"{name}_bias", nn.initializers.zeros, shape[1:], dtype, axes[1:])
             return y
 
         if cfg.mlp == "swiglu":
-            hidden = act(dense("gate", x, (d, f))) * dense("up", x, (d, f))  # [B, T, F]
+            hidden = act(dense("gate", x, (EMBED, MLP_WIDTH))) * dense("up", x, (EMBED, MLP_WIDTH))  # [B, T, F]
         else:
-            hidden = act(dense("up", x, (d, f)))
-        return dense("down", hidden, (f, d), nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers)))
+            hidden = act(dense("up", x, (EMBED, MLP_WIDTH)))
+        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
+        return dense("down", hidden, (MLP_WIDTH, EMBED), out_init)
 
 
 class Block(nn.Module):

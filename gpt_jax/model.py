@@ -12,13 +12,16 @@ Axis glossary (the same letters in einsum strings, shapes and comments everywher
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.kv_cache import KVCache, uncached_positions_and_mask
-from gpt_jax.layers import Block, Norm, init_weight, weight
+from gpt_jax.layers import EMBED, POSITION, VOCAB, Block, Norm, WeightInfo, init_weight, weight
+from gpt_jax.params import flatten
 from gpt_jax.quantize import contract
 
 
@@ -34,35 +37,46 @@ class Transformer(nn.Module):
         Returns fp32 logits [B, T, V] and the cache with the T new keys/values written and its index advanced.
         """
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        embedding = weight(self, "embed", init_weight, (cfg.vocab_size, cfg.d_model), dtype)  # [V, D]
+        embedding = weight(self, "embed", init_weight, (cfg.vocab_size, cfg.d_model), dtype, (VOCAB, EMBED))  # [V, D]
         x = embedding[tokens]  # [B, T, D]
         if cfg.position == "learned":
-            x = (
-                x
-                + weight(self, "pos_embed", nn.initializers.normal(0.01), (cfg.max_seq_len, cfg.d_model), dtype)[
-                    positions
-                ]
-            )
-        for layer in range(
-            cfg.n_layers
-        ):  # unrolled: per-layer weights are read in place, no per-step slice of a stacked array
+            shape = (cfg.max_seq_len, cfg.d_model)
+            x = x + weight(self, "pos_embed", nn.initializers.normal(0.01), shape, dtype, (POSITION, EMBED))[positions]
+        # unrolled: per-layer weights are read in place, no per-step slice of a stacked array
+        for layer in range(cfg.n_layers):
             x, cache = Block(cfg, layer, name=f"layer_{layer}")(x, positions, mask, cache)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
         else:
-            head = weight(self, "lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype)  # [D, V]
+            head = weight(self, "lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype, (EMBED, VOCAB), 1)
             logits = contract("BTD,DV->BTV", x, head, jnp.float32)
         if cache is not None:
             cache = cache.advance(tokens.shape[1])
         return logits, cache
 
 
+def _init_weights(config: ModelConfig, key: jax.Array) -> dict:
+    """Random parameters, each a `WeightInfo` (the array with its declared axes)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return Transformer(config).init(key, tokens, tokens, jnp.ones((1, 1, 1), bool))["params"]
+
+
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
     """Random parameters (a plain nested dict) for `config`."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    mask = jnp.ones((1, 1, 1), bool)
-    return jax.jit(lambda k: Transformer(config).init(k, tokens, tokens, mask)["params"])(key)
+    return jax.jit(lambda k: nn.meta.unbox(_init_weights(config, k)))(key)
+
+
+@functools.cache
+def weight_infos(config: ModelConfig) -> dict[str, WeightInfo]:
+    """Every weight of `config` by flat name, with its shape and dtype (a ShapeDtypeStruct as `value`), its logical
+    axes and its contracted input axes; computed without allocating."""
+    return flatten(jax.eval_shape(lambda: _init_weights(config, jax.random.key(0))))
+
+
+def param_shapes(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    """The flat names, shapes and dtypes a checkpoint of `config` must hold."""
+    return {name: info.value for name, info in weight_infos(config).items()}
 
 
 def forward(config: ModelConfig, params: dict, tokens: jax.Array, valid: jax.Array | None = None) -> jax.Array:

@@ -1,14 +1,10 @@
-"""Parameter trees: the nested dict a model applies with, and the flat `"layer_0.attn.q_kernel"` names files use.
-
-Checkpoints (own and Hugging Face, in and out) and quantization all read these, so they sit below all of them.
+"""Parameter trees: the nested dict a model applies with, and the flat `"layer_0.attn.q_kernel"` names files and
+the table of weights (`model.weight_infos`) use. Nothing here knows the model, so everything may import it.
 """
 
 from __future__ import annotations
 
 import jax
-
-from gpt_jax.config import ModelConfig
-from gpt_jax.model import init_params
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, jax.Array]:
@@ -35,6 +31,9 @@ def unflatten(flat: dict[str, jax.Array]) -> dict:
     return out
 
 
-def param_shapes(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """The flat names, shapes and dtypes a checkpoint of `config` must hold (computed without allocating)."""
-    return flatten(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
+def map_named(fn, params: dict, prefix: str = "") -> dict:
+    """The nested dict with every leaf replaced by fn(flat name, leaf)."""
+    return {
+        name: map_named(fn, value, f"{prefix}{name}.") if isinstance(value, dict) else fn(f"{prefix}{name}", value)
+        for name, value in params.items()
+    }

@@ -20,6 +20,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.params import map_named
+
 
 @flax.struct.dataclass
 class Int8Kernel:
@@ -53,30 +55,14 @@ def dequantize(w) -> jax.Array:
     return w
 
 
-# kernels by parameter name, with how many leading axes are contracted with the activations
-_KERNELS = {
-    "q_kernel": 1,
-    "k_kernel": 1,
-    "v_kernel": 1,
-    "o_kernel": 2,
-    "gate_kernel": 1,
-    "up_kernel": 1,
-    "down_kernel": 1,
-    "lm_head": 1,
-}
+def quantize_params(params: dict, inputs: dict[str, int], activations: bool = False) -> dict:
+    """A copy of `params` with every projection kernel as `Int8Kernel`. `inputs`: by flat name, how many leading
+    axes the activations contract (0: not a kernel), from the model's table of weights (`model.weight_infos`)."""
 
+    def convert(name, value):
+        return quantize_kernel(value, inputs[name], activations) if inputs[name] else value
 
-def quantize_params(params: dict, activations: bool = False) -> dict:
-    """A copy of `params` with every projection kernel (and an untied head) as `Int8Kernel`."""
-    out = {}
-    for name, value in params.items():
-        if isinstance(value, dict):
-            out[name] = quantize_params(value, activations)
-        elif name in _KERNELS:
-            out[name] = quantize_kernel(value, _KERNELS[name], activations)
-        else:
-            out[name] = value
-    return out
+    return map_named(convert, params)
 
 
 def contract(spec: str, x: jax.Array, w, out_dtype=None) -> jax.Array:

@@ -14,9 +14,13 @@ from jax.sharding import PartitionSpec as P
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, check
+from gpt_jax.layers import HEADS, KV_HEADS, MLP_WIDTH, VOCAB, WeightInfo
+from gpt_jax.model import weight_infos
+from gpt_jax.params import map_named
 from gpt_jax.quantize import Int8Kernel
 
 AXES = ("data", "model")
+RULES = {HEADS: "model", KV_HEADS: "model", MLP_WIDTH: "model", VOCAB: "model"}  # logical axis -> mesh axis
 
 
 def make_mesh(data: int = 1, model: int = 1, devices=None) -> Mesh:
@@ -61,43 +65,25 @@ def check_divisible(config: ModelConfig, mesh: Mesh) -> None:
         )
 
 
-def _spec(path: tuple[str, ...], ndim: int, config: ModelConfig, model_size: int) -> P:
-    name = path[-1]
+def _spec(info: WeightInfo, config: ModelConfig, model_size: int) -> P:
+    """A weight's PartitionSpec from its declared logical axes; the vocabulary only where it divides."""
     vocab_ok = config.vocab_size % model_size == 0
-    if name in ("q_kernel", "k_kernel", "v_kernel"):  # [D, N|K, H]
-        return P(None, "model", None)
-    if name in ("q_bias", "k_bias", "v_bias"):  # [N|K, H]
-        return P("model", None)
-    if name == "o_kernel":  # [N, H, D]
-        return P("model", None, None)
-    if name in ("gate_kernel", "up_kernel"):  # [D, F]
-        return P(None, "model")
-    if name in ("gate_bias", "up_bias"):  # [F]
-        return P("model")
-    if name == "down_kernel":  # [F, D]
-        return P("model", None)
-    if name == "embed":  # [V, D]
-        return P("model", None) if vocab_ok else P()
-    if name == "lm_head":  # [D, V]
-        return P(None, "model") if vocab_ok else P()
-    return P(*([None] * ndim))  # norms, biases over D, learned positions: replicated
+    return P(*(None if a == VOCAB and not vocab_ok else RULES.get(a) for a in info.axes))
 
 
 def param_shardings(config: ModelConfig, params: dict, mesh: Mesh) -> dict:
     """A NamedSharding per parameter (an Int8Kernel's scale follows its kernel's output axes)."""
     check_divisible(config, mesh)
-    m = mesh.shape["model"]
+    infos, m = weight_infos(config), mesh.shape["model"]
 
-    def visit(node, path):
-        if isinstance(node, dict):
-            return {k: visit(v, path + (k,)) for k, v in node.items()}
-        if isinstance(node, Int8Kernel):
-            spec = _spec(path, node.q.ndim, config, m)
-            scale_spec = P(*tuple(spec)[node.in_axes :]) if len(spec) else P()
-            return node.replace(q=NamedSharding(mesh, spec), scale=NamedSharding(mesh, scale_spec))
-        return NamedSharding(mesh, _spec(path, node.ndim, config, m))
+    def place(name, value):
+        spec = _spec(infos[name], config, m)
+        if isinstance(value, Int8Kernel):
+            scale_spec = P(*tuple(spec)[value.in_axes :])
+            return value.replace(q=NamedSharding(mesh, spec), scale=NamedSharding(mesh, scale_spec))
+        return NamedSharding(mesh, spec)
 
-    return visit(params, ())
+    return map_named(place, params)
 
 
 def shard_params(config: ModelConfig, params: dict, mesh: Mesh) -> dict:

@@ -7,10 +7,10 @@ string spelled by other tokens than its own encoding is still caught). The text 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from gpt_jax.errors import InputError, check
-from gpt_jax.tokenizer import BaseTokenizer, check_text
+from gpt_jax.tokenizer import BaseTokenizer, IncrementalDecoder, check_text
 
 
 def stop_strings(stop) -> list[str]:
@@ -60,3 +60,25 @@ def cut_at_stop(pieces: Sequence[str], stops: Sequence[str]) -> tuple[str, int, 
         total += len(pieces[keep])
         keep += 1
     return text[:cut], keep, True
+
+
+def stream_text(decoder: IncrementalDecoder, tokens: Iterator[int], stops: Sequence[str]) -> Iterator[str]:
+    """Generated ids -> text pieces, up to the first stop string; text that could still grow into one is held
+    back until it is known not to be one."""
+    text, sent = "", 0
+    for token in tokens:
+        text += decoder.add([token])
+        cut = first_stop(text, stops)
+        if cut is not None:
+            if cut > sent:
+                yield text[sent:cut]
+            return
+        ready = len(text) - held_back(text, stops)
+        if ready > sent:
+            yield text[sent:ready]
+            sent = ready
+    text += decoder.flush()
+    cut = first_stop(text, stops)
+    end = len(text) if cut is None else cut
+    if end > sent:
+        yield text[sent:end]

@@ -31,6 +31,7 @@ def test_two_localhost_processes_match_one(small_tokenizer, tmp_path):
     single = gpt_jax.load(model_dir)
     greedy = single.generate(PROMPTS, max_new_tokens=16, temperature=0.0, ignore_eos=True)
     sampled = single.generate(PROMPTS, max_new_tokens=16, seed=5, temperature=1.0, ignore_eos=True)
+    top_seed = single.generate(PROMPTS, max_new_tokens=8, seed=2**32 - 1, temperature=1.0, ignore_eos=True)
 
     port, out = free_port(), tmp_path / "out.json"
     env = {
@@ -55,3 +56,4 @@ def test_two_localhost_processes_match_one(small_tokenizer, tmp_path):
     assert result["greedy"] == greedy.token_ids
     assert result["sampled"] == sampled.token_ids
     assert result["texts"] == greedy.texts
+    assert result["top_seed_seed"] == 2**32 - 1 and result["top_seed"] == top_seed.token_ids  # all 32 bits cross

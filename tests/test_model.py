@@ -9,6 +9,7 @@ from gpt_jax.config import LLAMA_TINY
 from gpt_jax.errors import ConfigError
 from gpt_jax.kv_cache import cached_positions_and_mask, init_cache
 from gpt_jax.model import Transformer, forward, init_params
+from gpt_jax.params import flatten
 
 from .conftest import TINY_CONFIGS
 
@@ -60,3 +61,20 @@ def test_params_of_the_wrong_shape_are_refused_by_name():
     params["layer_1"]["mlp"]["up_kernel"] = params["layer_1"]["mlp"]["up_kernel"][:, :-1]
     with pytest.raises(ConfigError, match=r"layer_1/mlp/up_kernel has shape"):
         forward(cfg, params, jnp.ones((1, 4), jnp.int32))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_one_table_of_weights_declares_every_axis(family):
+    """Sharding and int8 quantization read the axes each weight declares where it is created."""
+    from gpt_jax.model import weight_infos
+    from gpt_jax.sharding import RULES
+
+    cfg = TINY_CONFIGS[family]
+    infos = weight_infos(cfg)
+    assert set(infos) == set(flatten(init_params(cfg, jax.random.key(0))))
+    for name, info in infos.items():
+        assert len(info.axes) == len(info.value.shape), name
+        assert (info.inputs > 0) == (name.endswith("_kernel") or name == "lm_head"), name
+    assert infos["layer_0.attn.o_kernel"].inputs == 2 and infos["layer_0.attn.q_kernel"].inputs == 1
+    sharded = {name for name, info in infos.items() if any(a in RULES for a in info.axes)}
+    assert "layer_1.mlp.down_kernel" in sharded and "final_norm.scale" not in sharded

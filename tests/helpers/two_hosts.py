@@ -16,8 +16,10 @@ gen = gpt_jax.load(model_dir, mesh=distributed.local_mesh())
 prompts = ["ROMEO:", "JULIET: O", "A", "To be, or not", "KING:"]
 greedy = distributed.generate(gen, prompts, max_new_tokens=16, temperature=0.0, ignore_eos=True)
 sampled = distributed.generate(gen, prompts, max_new_tokens=16, seed=5, temperature=1.0, ignore_eos=True)
+top_seed = distributed.generate(gen, prompts, max_new_tokens=8, seed=2**32 - 1, temperature=1.0, ignore_eos=True)
 if rank == 0:
     with open(out_path, "w") as f:
-        json.dump({"greedy": greedy.token_ids, "sampled": sampled.token_ids, "texts": greedy.texts}, f)
+        out = {"greedy": greedy.token_ids, "sampled": sampled.token_ids, "texts": greedy.texts}
+        json.dump({**out, "top_seed": top_seed.token_ids, "top_seed_seed": top_seed.seed}, f)
 else:
-    assert greedy is None and sampled is None
+    assert greedy is None and sampled is None and top_seed is None
