@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from gpt_jax.errors import ConfigError, check
+from gpt_jax.rope import RopeScaling
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
@@ -45,10 +46,13 @@ class ModelConfig:
     norm_eps: float = 1e-5
     position: str = "rope"
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()  # context extension of the rotary frequencies (rope.py)
     mlp: str = "swiglu"
     activation: str = "silu"
     tie_embeddings: bool = False
-    attn_bias: bool = False
+    attn_bias: bool = False  # biases on the q, k, v and output projections (GPT-2)
+    qkv_bias: bool = False  # biases on the q, k, v projections only (Qwen 2)
+    qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen 3)
     mlp_bias: bool = False
     bos_id: int = 1  # -1: none
     eos_ids: tuple[int, ...] = (2,)
@@ -129,8 +133,12 @@ class ModelConfig:
         """Parameter count (tied head counted once)."""
         d, f, v, h = self.d_model, self.mlp_dim, self.vocab_size, self.head_dim
         attn = d * h * (self.n_heads * 2 + self.n_kv_heads * 2)
+        if self.attn_bias or self.qkv_bias:
+            attn += h * (self.n_heads + 2 * self.n_kv_heads)
         if self.attn_bias:
-            attn += h * (self.n_heads + 2 * self.n_kv_heads) + d
+            attn += d
+        if self.qk_norm:
+            attn += 2 * h
         mlp = d * f * (3 if self.mlp == "swiglu" else 2)
         if self.mlp_bias:
             mlp += f * (2 if self.mlp == "swiglu" else 1) + d
@@ -169,7 +177,16 @@ class ModelConfig:
         for name, value in data.items():
             default = fields[name].default
             expected = type(default) if default is not dataclasses.MISSING else int
-            if name == "eos_ids":
+            if name == "rope_scaling":
+                check(isinstance(value, dict), ConfigError, f"{source}: rope_scaling must be an object, got {value!r}")
+                known = {f.name for f in dataclasses.fields(RopeScaling)}
+                check(
+                    set(value) <= known,
+                    ConfigError,
+                    f"{source}: unknown rope_scaling keys {sorted(set(value) - known)}; allowed: {sorted(known)}",
+                )
+                value = RopeScaling(**value)
+            elif name == "eos_ids":
                 check(
                     isinstance(value, (list, tuple)) and all(type(v) is int for v in value),
                     ConfigError,

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint directories (GPT-2, Llama, Mistral): import into gpt_jax, and export back.
+"""Hugging Face checkpoint directories (GPT-2, Llama 1-3, Mistral, Qwen 2, Qwen 3) imported into gpt_jax.
 
 Every config field that changes the computation is mapped or rejected with a clear error. Weights are converted one
 tensor at a time from memory-mapped safetensors files, and each tensor's mapped pages are released once converted,
@@ -21,10 +21,11 @@ from gpt_jax.generate import Generator
 from gpt_jax.hf_names import gpt2_mapping, gpt2_split, llama_mapping
 from gpt_jax.model import param_shapes
 from gpt_jax.params import unflatten
+from gpt_jax.rope import RopeScaling
 from gpt_jax.json_files import read_json_object
 from gpt_jax.tokenizer_files import load_tokenizer
 
-SUPPORTED = ("gpt2", "llama", "mistral")
+SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 GPT2_ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
@@ -68,16 +69,47 @@ class _Fields:
         return tuple(value)
 
 
-def _rope_theta(f: _Fields) -> float:
+ROPE_KEYS = {  # the rope-parameter keys each type reads; any other key that changes the math is refused by name
+    "default": set(),
+    "linear": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor", "truncate"},
+}
+ROPE_IGNORED = {"rope_type", "type", "rope_theta"}
+
+
+def _rope(f: _Fields) -> tuple[float, RopeScaling]:
+    """(theta, scaling) from either form: transformers 5's `rope_parameters`, or `rope_theta` + `rope_scaling`."""
     rope = f.get("rope_parameters", (dict,)) or f.get("rope_scaling", (dict,)) or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
+    r = _Fields(rope, f"{f.source} (rope parameters)")
+    kind = r.get("rope_type", (str,)) or r.get("type", (str,), "default")
     check(
-        kind == "default",
+        kind in ROPE_KEYS,
         ConfigError,
-        f"{f.source}: rope scaling type {kind!r} is not supported (only unscaled rotary embeddings)",
+        f"{f.source}: rope scaling type {kind!r} is not supported (supported: {sorted(ROPE_KEYS)})",
     )
-    theta = _Fields(rope, f"{f.source} (rope parameters)").float("rope_theta", 0.0) or f.float("rope_theta", 10000.0)
-    return theta
+    unknown = sorted(set(rope) - ROPE_KEYS[kind] - ROPE_IGNORED)
+    check(not unknown, ConfigError, f"{f.source}: rope parameters {unknown} are not supported for type {kind!r}")
+    check(
+        f.float("partial_rotary_factor", 1.0) == 1.0,
+        ConfigError,
+        f"{f.source}: partial_rotary_factor != 1 is not supported",
+    )
+    theta = r.float("rope_theta", 0.0) or f.float("rope_theta", 10000.0)
+    if kind == "default":
+        return theta, RopeScaling()
+    defaults = RopeScaling()
+    return theta, RopeScaling(
+        type=kind,
+        factor=r.float("factor", 1.0),
+        original_context=r.int("original_max_position_embeddings", f.int("max_position_embeddings", 2048)),
+        low_freq_factor=r.float("low_freq_factor", defaults.low_freq_factor),
+        high_freq_factor=r.float("high_freq_factor", defaults.high_freq_factor),
+        beta_fast=r.float("beta_fast", defaults.beta_fast),
+        beta_slow=r.float("beta_slow", defaults.beta_slow),
+        attention_factor=r.float("attention_factor", 0.0),
+        truncate=r.get("truncate", (bool,), True),
+    )
 
 
 def config_from_hf(raw: dict, generation: dict | None = None, source: str = "config.json") -> ModelConfig:
@@ -127,12 +159,19 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
         act = f.get("hidden_act", (str,), "silu")
         check(act == "silu", ConfigError, f"{source}: hidden_act {act!r} is not supported (silu only)")
         max_len = f.int("max_position_embeddings", 2048)
+        check(
+            not f.get("use_sliding_window", (bool,), False),
+            ConfigError,
+            f"{source}: use_sliding_window=true is not supported yet (sliding-window attention)",
+        )
         window = f.int("sliding_window") if kind == "mistral" else None
         if window:  # full attention equals sliding-window attention up to the window: cap the context there
             max_len = min(max_len, window)
         n_heads = f.int("num_attention_heads", required=True)
         d = f.int("hidden_size", required=True)
         eos = eos or (2,)
+        theta, scaling = _rope(f)
+        qwen = kind in ("qwen2", "qwen3")
         return ModelConfig(
             vocab_size=f.int("vocab_size", required=True),
             d_model=d,
@@ -145,16 +184,19 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
             norm="rmsnorm",
             norm_eps=f.float("rms_norm_eps", 1e-6),
             position="rope",
-            rope_theta=_rope_theta(f),
+            rope_theta=theta,
+            rope_scaling=scaling,
             mlp="swiglu",
             activation="silu",
             tie_embeddings=f.get("tie_word_embeddings", (bool,), False),
             attn_bias=f.get("attention_bias", (bool,), False),
+            qkv_bias=kind == "qwen2",  # Qwen 2 has biases on q, k and v, none on the output projection
+            qk_norm=kind == "qwen3",  # Qwen 3 normalizes each query and key head
             mlp_bias=f.get("mlp_bias", (bool,), False),
             bos_id=-1 if bos is None else bos,
             eos_ids=eos,
             pad_id=pad if pad is not None and pad >= 0 else eos[0],
-            add_bos=bos is not None,
+            add_bos=bos is not None and not qwen,  # Qwen's tokenizers prepend nothing
         )
     except ConfigError as e:
         raise CheckpointError(str(e)) from None

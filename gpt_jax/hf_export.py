@@ -46,8 +46,8 @@ def hf_config(config: ModelConfig) -> dict:
     check(
         is_gpt2_like(config),
         CheckpointError,
-        "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu) or GPT-2-style (layernorm, learned "
-        "positions, gelu MLP, biases) config",
+        "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu; no q/k norms, no q/k/v-only biases, "
+        "unscaled rotary) or GPT-2-style (layernorm, learned positions, gelu MLP, biases) config",
     )
     check(config.tie_embeddings, CheckpointError, "format='hf' for GPT-2 style needs tied embeddings")
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
@@ -66,7 +66,12 @@ def hf_config(config: ModelConfig) -> dict:
 
 
 def is_llama_like(config: ModelConfig) -> bool:
-    return (config.norm, config.position, config.mlp, config.activation) == ("rmsnorm", "rope", "swiglu", "silu")
+    """Exactly what a `llama` config.json can express (no q/k norms, no q/k/v-only biases, unscaled rotary)."""
+    return (
+        (config.norm, config.position, config.mlp, config.activation) == ("rmsnorm", "rope", "swiglu", "silu")
+        and not (config.qkv_bias or config.qk_norm)
+        and config.rope_scaling.type == "default"
+    )
 
 
 def is_gpt2_like(config: ModelConfig) -> bool:

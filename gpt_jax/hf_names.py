@@ -57,8 +57,11 @@ def llama_mapping(cfg: ModelConfig) -> Mapping:
         m[us + "mlp_norm.scale"] = (hf + "post_attention_layernorm.weight", _same, _same)
         for ours, theirs, heads in (("q", "q_proj", n), ("k", "k_proj", k), ("v", "v_proj", k)):
             m[us + f"attn.{ours}_kernel"] = (hf + f"self_attn.{theirs}.weight", *_linear_in(heads))
-            if cfg.attn_bias:
+            if cfg.attn_bias or cfg.qkv_bias:
                 m[us + f"attn.{ours}_bias"] = (hf + f"self_attn.{theirs}.bias", *_heads_bias(heads))
+        if cfg.qk_norm:
+            for ours in ("q", "k"):
+                m[us + f"attn.{ours}_norm.scale"] = (hf + f"self_attn.{ours}_norm.weight", _same, _same)
         m[us + "attn.o_kernel"] = (hf + "self_attn.o_proj.weight", *_linear_out())
         if cfg.attn_bias:
             m[us + "attn.o_bias"] = (hf + "self_attn.o_proj.bias", _same, _same)

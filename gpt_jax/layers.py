@@ -21,6 +21,7 @@ from gpt_jax.errors import ConfigError
 from gpt_jax.kv_cache import cache_layout
 from gpt_jax.numerics import MASK_VALUE
 from gpt_jax.quantize import Int8Kernel, contract
+from gpt_jax.rope import inverse_frequencies
 
 init_weight = nn.initializers.normal(0.02)
 # Logical axis names of the weights: sharding maps them onto mesh axes (sharding.RULES).
@@ -82,16 +83,19 @@ def activation(name: str):
 
 
 class Norm(nn.Module):
-    """LayerNorm (scale and bias) or RMSNorm (scale), computed in fp32."""
+    """LayerNorm (scale and bias) or RMSNorm (scale) over the model width, computed in fp32; with `per_head`, an
+    RMSNorm over each head's H values (query/key norms)."""
 
     config: ModelConfig
+    per_head: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D], or [B, T, N, H] -> [B, T, N, H]
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        scale = weight(self, "scale", nn.initializers.ones, (cfg.d_model,), dtype, (EMBED,))
+        size, axis = (cfg.head_dim, HEAD_DIM) if self.per_head else (cfg.d_model, EMBED)
+        scale = weight(self, "scale", nn.initializers.ones, (size,), dtype, (axis,))
         x32 = x.astype(jnp.float32)
-        if cfg.norm == "layernorm":
+        if cfg.norm == "layernorm" and not self.per_head:
             bias = weight(self, "bias", nn.initializers.zeros, (cfg.d_model,), dtype, (EMBED,))
             mean = x32.mean(-1, keepdims=True)
             var = jnp.square(x32 - mean).mean(-1, keepdims=True)
@@ -102,13 +106,12 @@ class Norm(nn.Module):
         return y.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope(x: jax.Array, positions: jax.Array, config: ModelConfig) -> jax.Array:
     """Rotary embedding in the half-split layout Hugging Face uses. x: [B, T, N, H], positions: [B, T]."""
-    h = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # [H/2]
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    inv_freq, scale = inverse_frequencies(x.shape[-1], config.rope_theta, config.rope_scaling)  # [H/2], host
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
+    cos = (jnp.cos(angles) * scale)[:, :, None, :]
+    sin = (jnp.sin(angles) * scale)[:, :, None, :]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -136,13 +139,15 @@ class Attention(nn.Module):
         def proj(name, heads, heads_axis):
             w = weight(self, f"{name}_kernel", init_weight, (d, heads, h), dtype, (EMBED, heads_axis, HEAD_DIM), 1)
             y = contract("BTD,DNH->BTNH", x, w)
-            if cfg.attn_bias:
+            if cfg.attn_bias or cfg.qkv_bias:
                 y = y + weight(self, f"{name}_bias", nn.initializers.zeros, (heads, h), dtype, (heads_axis, HEAD_DIM))
+            if cfg.qk_norm and name != "v":
+                y = Norm(cfg, per_head=True, name=f"{name}_norm")(y)
             return y
 
         q, key, value = proj("q", n, HEADS), proj("k", k, KV_HEADS), proj("v", k, KV_HEADS)  # [B, T, N|K, H]
         if cfg.position == "rope":
-            q, key = rope(q, positions, cfg.rope_theta), rope(key, positions, cfg.rope_theta)
+            q, key = rope(q, positions, cfg), rope(key, positions, cfg)
         b, t = q.shape[:2]
         if cache is not None:
             cache, key, value = cache.write(self.layer, key, value)  # [B*K, H, S], [B*K, S, H]

@@ -45,3 +45,30 @@ def test_dict_round_trip_and_bad_keys():
         ModelConfig.from_dict({"vocab_size": 10})
     with pytest.raises(ConfigError, match="d_model must be of type int"):
         ModelConfig.from_dict({**LLAMA_TINY.to_dict(), "d_model": "32"})
+
+
+def test_rope_scaling_and_attention_features_round_trip_and_are_checked():
+    from gpt_jax.rope import RopeScaling
+
+    cfg = LLAMA_TINY.replace(
+        rope_scaling=RopeScaling("llama3", 8.0, 8192, low_freq_factor=1.0, high_freq_factor=4.0),
+        qkv_bias=True,
+        qk_norm=True,
+    )
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    import jax
+
+    from gpt_jax.model import init_params
+
+    assert sum(x.size for x in jax.tree_util.tree_leaves(init_params(cfg, jax.random.key(0)))) == cfg.num_params
+    assert cfg.num_params == LLAMA_TINY.num_params + 2 * (cfg.head_dim * (4 + 2 * 2) + 2 * cfg.head_dim)
+    for bad, message in (
+        ({"type": "dynamic"}, "rope scaling type must be one of"),
+        ({"type": "yarn", "factor": 4.0}, "needs original_context > 0"),
+        ({"type": "linear", "factor": float("nan")}, "factor must be a finite number"),
+        ({"type": "llama3", "original_context": 8, "low_freq_factor": 4.0, "high_freq_factor": 1.0}, "high_freq"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ModelConfig.from_dict({**LLAMA_TINY.to_dict(), "rope_scaling": bad})
+    with pytest.raises(ConfigError, match="unknown rope_scaling keys"):
+        ModelConfig.from_dict({**LLAMA_TINY.to_dict(), "rope_scaling": {"mscale": 1.0}})

@@ -29,6 +29,8 @@ def make_hf(kind: str, directory, **overrides):
         cls_cfg, cls_model = {
             "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
             "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         }[kind]
         params = dict(
             hidden_size=32,
@@ -41,18 +43,34 @@ def make_hf(kind: str, directory, **overrides):
         )
         cfg = cls_cfg(**{**params, **common, **overrides})
         model = cls_model(cfg)
+    with torch.no_grad():  # no weight keeps its initial value (biases 0, norms 1), so every mapping is exercised
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     model.eval()
     model.generation_config.eos_token_id = None
     model.save_pretrained(directory, safe_serialization=True)
     return model
 
 
+LLAMA3_ROPE = {  # original context 16: the test prompts cross all three frequency bands
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+YARN_ROPE = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
 VARIANTS = {
     "gpt2": ("gpt2", {}),
     "llama-gqa": ("llama", {"rope_theta": 500000.0}),
     "llama-tied": ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 4}),
     "llama-bias": ("llama", {"attention_bias": True, "mlp_bias": True}),
     "mistral": ("mistral", {"sliding_window": 4096}),
+    "llama3-rope": ("llama", {"rope_parameters": {**LLAMA3_ROPE, "rope_theta": 10000.0}}),
+    "yarn-rope": ("llama", {"rope_parameters": {**YARN_ROPE, "rope_theta": 10000.0}}),
+    "linear-rope": ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}),
+    "qwen2": ("qwen2", {"tie_word_embeddings": True}),
+    "qwen3": ("qwen3", {"head_dim": 16}),  # head_dim != hidden_size / heads, as in the real models
 }
 
 PROMPTS = [[1, 5, 9, 13, 17, 21, 25, 29], [1, 7, 40], [1, 60, 61, 62, 63, 64]]
@@ -163,8 +181,8 @@ def test_unsupported_and_damaged_directories(tmp_path):
     cfg_path.write_text(json.dumps({**raw, "model_type": "bert"}))
     with pytest.raises(CheckpointError, match="unsupported model_type 'bert'"):
         gpt_jax.load(tmp_path / "m")
-    cfg_path.write_text(json.dumps({**raw, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}))
-    with pytest.raises(CheckpointError, match="rope scaling type 'yarn' is not supported"):
+    cfg_path.write_text(json.dumps({**raw, "rope_parameters": {"rope_type": "dynamic", "factor": 4.0}}))
+    with pytest.raises(CheckpointError, match="rope scaling type 'dynamic' is not supported"):
         gpt_jax.load(tmp_path / "m")
     cfg_path.write_text(json.dumps({**raw, "intermediate_size": 48}))
     with pytest.raises(CheckpointError, match="gate_proj.weight' converts to shape"):
@@ -192,3 +210,35 @@ def test_directory_without_tokenizer_still_loads(pair):
     if ours.tokenizer is None:
         with pytest.raises(gpt_jax.TokenizerError, match="without a tokenizer"):
             ours.generate("hi")
+
+
+def test_new_families_map_to_features(tmp_path):
+    make_hf("qwen2", tmp_path / "q2")
+    make_hf("qwen3", tmp_path / "q3", head_dim=16)
+    q2, q3 = gpt_jax.load(tmp_path / "q2").config, gpt_jax.load(tmp_path / "q3").config
+    assert (q2.qkv_bias, q2.attn_bias, q2.qk_norm, q2.add_bos) == (True, False, False, False)
+    assert (q3.qkv_bias, q3.qk_norm, q3.head_dim) == (False, True, 16)
+
+
+def test_both_rope_forms_give_one_config():
+    """Checkpoints saved before transformers 5 write rope_theta + rope_scaling; 5.x writes rope_parameters."""
+    from gpt_jax.hf import config_from_hf
+
+    base = dict(model_type="llama", vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    base.update(num_attention_heads=4, max_position_embeddings=128)
+    old = config_from_hf({**base, "rope_theta": 500000.0, "rope_scaling": {**LLAMA3_ROPE}})
+    new = config_from_hf({**base, "rope_parameters": {**LLAMA3_ROPE, "rope_theta": 500000.0}})
+    legacy_key = {**LLAMA3_ROPE, "type": LLAMA3_ROPE["rope_type"]}
+    del legacy_key["rope_type"]
+    oldest = config_from_hf({**base, "rope_theta": 500000.0, "rope_scaling": legacy_key})
+    assert old == new == oldest and new.rope_scaling.type == "llama3" and new.rope_theta == 500000.0
+    assert new.rope_scaling.original_context == 16 and new.rope_scaling.factor == 8.0
+    for rope, message in (
+        ({"rope_type": "dynamic", "factor": 2.0}, "rope scaling type 'dynamic' is not supported"),
+        ({"rope_type": "yarn", "factor": 2.0, "mscale": 0.7}, r"rope parameters \['mscale'\] are not supported"),
+        ({"rope_type": "longrope"}, "'longrope' is not supported"),
+    ):
+        with pytest.raises(CheckpointError, match=message):
+            config_from_hf({**base, "rope_parameters": rope})
+    with pytest.raises(CheckpointError, match="use_sliding_window=true is not supported"):
+        config_from_hf({**base, "model_type": "qwen2", "use_sliding_window": True})
