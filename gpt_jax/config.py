@@ -53,6 +53,8 @@ class ModelConfig:
     attn_bias: bool = False  # biases on the q, k, v and output projections (GPT-2)
     qkv_bias: bool = False  # biases on the q, k, v projections only (Qwen 2)
     qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen 3)
+    sliding_window: int = 0  # W: a sliding layer attends to the last W positions only; 0: no window
+    layer_types: tuple[str, ...] = ()  # "full" or "sliding" per layer; empty: every layer sliding when W > 0
     mlp_bias: bool = False
     bos_id: int = 1  # -1: none
     eos_ids: tuple[int, ...] = (2,)
@@ -74,6 +76,7 @@ class ModelConfig:
         if not self.head_dim and self.n_heads > 0 and self.d_model % self.n_heads == 0:
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
         object.__setattr__(self, "eos_ids", tuple(int(e) for e in self.eos_ids))
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
         self.validate()
 
     def validate(self) -> None:
@@ -121,12 +124,35 @@ class ModelConfig:
                 f"{name} must be in [-1, vocab_size={self.vocab_size}), got {value}",
             )
         check(self.pad_id >= 0, ConfigError, f"pad_id must be a token id >= 0, got {self.pad_id}")
+        check(
+            isinstance(self.sliding_window, int) and 0 <= self.sliding_window <= LIMITS["max_seq_len"],
+            ConfigError,
+            f"sliding_window must be an integer in [0, {LIMITS['max_seq_len']}] (0: none), got {self.sliding_window!r}",
+        )
+        check(
+            self.layer_types == ()
+            or (len(self.layer_types) == self.n_layers and set(self.layer_types) <= {"full", "sliding"}),
+            ConfigError,
+            f"layer_types must be empty or hold 'full'/'sliding' for each of the {self.n_layers} layers, "
+            f"got {self.layer_types!r}",
+        )
+        check(
+            "sliding" not in self.layer_types or self.sliding_window > 0,
+            ConfigError,
+            "sliding layers need sliding_window > 0",
+        )
         for e in self.eos_ids:
             check(
                 0 <= e < self.vocab_size,
                 ConfigError,
                 f"eos_ids must hold ids in [0, vocab_size={self.vocab_size}), got {e}",
             )
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether `layer` attends to the last `sliding_window` positions only."""
+        if self.sliding_window == 0:
+            return False
+        return not self.layer_types or self.layer_types[layer] == "sliding"
 
     @property
     def num_params(self) -> int:
@@ -186,6 +212,13 @@ class ModelConfig:
                     f"{source}: unknown rope_scaling keys {sorted(set(value) - known)}; allowed: {sorted(known)}",
                 )
                 value = RopeScaling(**value)
+            elif name == "layer_types":
+                check(
+                    isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+                    ConfigError,
+                    f"{source}: layer_types must be a list of strings, got {value!r}",
+                )
+                value = tuple(value)
             elif name == "eos_ids":
                 check(
                     isinstance(value, (list, tuple)) and all(type(v) is int for v in value),

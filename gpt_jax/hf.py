@@ -112,6 +112,31 @@ def _rope(f: _Fields) -> tuple[float, RopeScaling]:
     )
 
 
+LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+
+
+def _sliding_layers(f: _Fields, kind: str) -> tuple[int, tuple[str, ...]]:
+    """(window, per-layer types). Mistral: every layer sliding when `sliding_window` is set. Qwen 2/3: only with
+    `use_sliding_window`, from `layer_types` (transformers 5) or layers from `max_window_layers` on."""
+    if kind == "llama":
+        return 0, ()
+    if kind == "mistral":
+        return f.int("sliding_window") or 0, ()
+    if not f.get("use_sliding_window", (bool,), False):
+        return 0, ()
+    window, n = f.int("sliding_window", required=True), f.int("num_hidden_layers", required=True)
+    names = f.get("layer_types", (list,))
+    if names is None:
+        first = f.int("max_window_layers", n)
+        return window, tuple("sliding" if i >= first else "full" for i in range(n))
+    check(
+        all(name in LAYER_TYPES for name in names),
+        ConfigError,
+        f"{f.source}: layer_types {sorted(set(map(str, names)) - set(LAYER_TYPES))} are not supported",
+    )
+    return window, tuple(LAYER_TYPES[name] for name in names)
+
+
 def config_from_hf(raw: dict, generation: dict | None = None, source: str = "config.json") -> ModelConfig:
     """A `ModelConfig` equivalent to a Hugging Face config dict (plus generation_config.json, if any)."""
     kind = raw.get("model_type")
@@ -159,14 +184,7 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
         act = f.get("hidden_act", (str,), "silu")
         check(act == "silu", ConfigError, f"{source}: hidden_act {act!r} is not supported (silu only)")
         max_len = f.int("max_position_embeddings", 2048)
-        check(
-            not f.get("use_sliding_window", (bool,), False),
-            ConfigError,
-            f"{source}: use_sliding_window=true is not supported yet (sliding-window attention)",
-        )
-        window = f.int("sliding_window") if kind == "mistral" else None
-        if window:  # full attention equals sliding-window attention up to the window: cap the context there
-            max_len = min(max_len, window)
+        window, layer_types = _sliding_layers(f, kind)
         n_heads = f.int("num_attention_heads", required=True)
         d = f.int("hidden_size", required=True)
         eos = eos or (2,)
@@ -192,6 +210,8 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
             attn_bias=f.get("attention_bias", (bool,), False),
             qkv_bias=kind == "qwen2",  # Qwen 2 has biases on q, k and v, none on the output projection
             qk_norm=kind == "qwen3",  # Qwen 3 normalizes each query and key head
+            sliding_window=window,
+            layer_types=layer_types,
             mlp_bias=f.get("mlp_bias", (bool,), False),
             bos_id=-1 if bos is None else bos,
             eos_ids=eos,

@@ -47,7 +47,7 @@ def hf_config(config: ModelConfig) -> dict:
         is_gpt2_like(config),
         CheckpointError,
         "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu; no q/k norms, no q/k/v-only biases, "
-        "unscaled rotary) or GPT-2-style (layernorm, learned positions, gelu MLP, biases) config",
+        "unscaled rotary, no sliding window) or GPT-2-style (layernorm, learned positions, gelu MLP, biases) config",
     )
     check(config.tie_embeddings, CheckpointError, "format='hf' for GPT-2 style needs tied embeddings")
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
@@ -71,6 +71,7 @@ def is_llama_like(config: ModelConfig) -> bool:
         (config.norm, config.position, config.mlp, config.activation) == ("rmsnorm", "rope", "swiglu", "silu")
         and not (config.qkv_bias or config.qk_norm)
         and config.rope_scaling.type == "default"
+        and config.sliding_window == 0
     )
 
 

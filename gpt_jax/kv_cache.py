@@ -87,6 +87,16 @@ def cached_positions_and_mask(
     return positions, mask
 
 
+def sliding_window_mask(mask: jax.Array, window: int) -> jax.Array:
+    """[B, T, S] causal mask -> the same mask keeping, per query, only the last `window` visible keys.
+
+    A row's visible keys are one contiguous run of slots ending at the query's own slot (left padding, causal), so
+    counting them from the right gives query position - key position + 1: keep where that is <= window.
+    """
+    from_the_right = jnp.flip(jnp.cumsum(jnp.flip(mask, -1), axis=-1, dtype=jnp.int32), -1)
+    return mask & (from_the_right <= window)
+
+
 def uncached_positions_and_mask(pad_len: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
     """Positions [B, T] and causal mask [B, T, T] of left-padded rows in a forward pass without a cache."""
     return cached_positions_and_mask(jnp.zeros((), jnp.int32), pad_len, length, length)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.kv_cache import KVCache, uncached_positions_and_mask
+from gpt_jax.kv_cache import KVCache, sliding_window_mask, uncached_positions_and_mask
 from gpt_jax.layers import EMBED, POSITION, VOCAB, Block, Norm, WeightInfo, init_weight, weight
 from gpt_jax.params import flatten
 from gpt_jax.quantize import contract
@@ -43,8 +43,10 @@ class Transformer(nn.Module):
             shape = (cfg.max_seq_len, cfg.d_model)
             x = x + weight(self, "pos_embed", nn.initializers.normal(0.01), shape, dtype, (POSITION, EMBED))[positions]
         # unrolled: per-layer weights are read in place, no per-step slice of a stacked array
+        windowed = sliding_window_mask(mask, cfg.sliding_window) if cfg.sliding_window else mask
         for layer in range(cfg.n_layers):
-            x, cache = Block(cfg, layer, name=f"layer_{layer}")(x, positions, mask, cache)
+            layer_mask = windowed if cfg.is_sliding(layer) else mask
+            x, cache = Block(cfg, layer, name=f"layer_{layer}")(x, positions, layer_mask, cache)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)

@@ -71,6 +71,9 @@ VARIANTS = {
     "linear-rope": ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}),
     "qwen2": ("qwen2", {"tie_word_embeddings": True}),
     "qwen3": ("qwen3", {"head_dim": 16}),  # head_dim != hidden_size / heads, as in the real models
+    # windows shorter than the test sequences (up to 8 prompt + 32 new tokens): the window is exact, not a cap
+    "mistral-window": ("mistral", {"sliding_window": 6}),
+    "qwen2-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
 }
 
 PROMPTS = [[1, 5, 9, 13, 17, 21, 25, 29], [1, 7, 40], [1, 60, 61, 62, 63, 64]]
@@ -240,5 +243,10 @@ def test_both_rope_forms_give_one_config():
     ):
         with pytest.raises(CheckpointError, match=message):
             config_from_hf({**base, "rope_parameters": rope})
-    with pytest.raises(CheckpointError, match="use_sliding_window=true is not supported"):
-        config_from_hf({**base, "model_type": "qwen2", "use_sliding_window": True})
+    qwen = {**base, "model_type": "qwen2", "use_sliding_window": True}
+    with pytest.raises(CheckpointError, match="missing field 'sliding_window'"):
+        config_from_hf(qwen)
+    with pytest.raises(CheckpointError, match=r"layer_types \['chunked_attention'\] are not supported"):
+        config_from_hf({**qwen, "sliding_window": 4, "layer_types": ["chunked_attention", "full_attention"]})
+    old_form = config_from_hf({**qwen, "sliding_window": 4, "max_window_layers": 1})
+    assert (old_form.sliding_window, old_form.layer_types) == (4, ("full", "sliding"))
