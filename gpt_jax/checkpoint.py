@@ -126,7 +126,7 @@ def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, jax.ShapeD
 
 
 def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mesh=None) -> Generator:
-    """Load a model directory: this project's own, or a Hugging Face GPT-2 / Llama / Mistral / Qwen 2 / Qwen 3 one.
+    """Load a model directory: this project's own, or a Hugging Face GPT-2 / Llama / Mistral / Qwen / Gemma one.
 
     With no path, the bundled default model. `dtype` ("float32", "bfloat16", "float16") converts the weights.
     `mesh` (a jax.sharding.Mesh with axes ("data", "model")) shards the parameters and the generation.

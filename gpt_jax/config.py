@@ -53,6 +53,12 @@ class ModelConfig:
     attn_bias: bool = False  # biases on the q, k, v and output projections (GPT-2)
     qkv_bias: bool = False  # biases on the q, k, v projections only (Qwen 2)
     qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen 3)
+    norm_offset: float = 0.0  # RMSNorm multiplies by (norm_offset + scale): 1 for Gemma
+    embed_scale: bool = False  # embeddings multiplied by sqrt(d_model), in the model's dtype (Gemma)
+    post_norms: bool = False  # a norm after attention and after the MLP too, before each residual add (Gemma 2)
+    attn_scalar: float = 0.0  # queries scaled by attn_scalar ** -0.5 (Gemma 2's query_pre_attn_scalar); 0: head_dim
+    attn_softcap: float = 0.0  # attention scores -> cap * tanh(scores / cap); 0: off (Gemma 2)
+    final_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off (Gemma 2)
     sliding_window: int = 0  # W: a sliding layer attends to the last W positions only; 0: no window
     layer_types: tuple[str, ...] = ()  # "full" or "sliding" per layer; empty: every layer sliding when W > 0
     mlp_bias: bool = False
@@ -108,6 +114,13 @@ class ModelConfig:
                 getattr(self, name) in allowed,
                 ConfigError,
                 f"{name} must be one of {allowed}, got {getattr(self, name)!r}",
+            )
+        for name in ("norm_offset", "attn_scalar", "attn_softcap", "final_softcap"):
+            value = getattr(self, name)
+            check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+                ConfigError,
+                f"{name} must be a finite number >= 0 (0: off), got {value!r}",
             )
         for name in ("norm_eps", "rope_theta"):
             value = getattr(self, name)
@@ -169,7 +182,7 @@ class ModelConfig:
         if self.mlp_bias:
             mlp += f * (2 if self.mlp == "swiglu" else 1) + d
         norm = d * (2 if self.norm == "layernorm" else 1)
-        total = self.n_layers * (attn + mlp + 2 * norm) + norm + v * d
+        total = self.n_layers * (attn + mlp + (4 if self.post_norms else 2) * norm) + norm + v * d
         if not self.tie_embeddings:
             total += v * d
         if self.position == "learned":

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint directories (GPT-2, Llama 1-3, Mistral, Qwen 2, Qwen 3) imported into gpt_jax.
+"""Hugging Face checkpoint directories (GPT-2, Llama 1-3, Mistral, Qwen 2/3, Gemma 1/2) imported into gpt_jax.
 
 Every config field that changes the computation is mapped or rejected with a clear error. Weights are converted one
 tensor at a time from memory-mapped safetensors files, and each tensor's mapped pages are released once converted,
@@ -25,7 +25,11 @@ from gpt_jax.rope import RopeScaling
 from gpt_jax.json_files import read_json_object
 from gpt_jax.tokenizer_files import load_tokenizer
 
-SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+ACTIVATIONS = {  # the MLP activations each family's checkpoints name, and ours
+    "gemma": {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_tanh"},  # "gelu" is Gemma 1's legacy name for tanh
+    "gemma2": {"gelu_pytorch_tanh": "gelu_tanh"},
+}
 GPT2_ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
@@ -117,15 +121,18 @@ LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
 def _sliding_layers(f: _Fields, kind: str) -> tuple[int, tuple[str, ...]]:
     """(window, per-layer types). Mistral: every layer sliding when `sliding_window` is set. Qwen 2/3: only with
-    `use_sliding_window`, from `layer_types` (transformers 5) or layers from `max_window_layers` on."""
-    if kind == "llama":
+    `use_sliding_window`, from `layer_types` (transformers 5) or layers from `max_window_layers` on. Gemma 2: from
+    `layer_types`, or every other layer from the first."""
+    if kind in ("llama", "gemma"):
         return 0, ()
     if kind == "mistral":
         return f.int("sliding_window") or 0, ()
-    if not f.get("use_sliding_window", (bool,), False):
+    if kind in ("qwen2", "qwen3") and not f.get("use_sliding_window", (bool,), False):
         return 0, ()
     window, n = f.int("sliding_window", required=True), f.int("num_hidden_layers", required=True)
     names = f.get("layer_types", (list,))
+    if names is None and kind == "gemma2":  # layers 0, 2, 4, ... slide
+        return window, tuple("sliding" if i % 2 == 0 else "full" for i in range(n))
     if names is None:
         first = f.int("max_window_layers", n)
         return window, tuple("sliding" if i >= first else "full" for i in range(n))
@@ -181,8 +188,15 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
                 pad_id=pad if pad is not None else eos[0],
                 add_bos=False,
             )
-        act = f.get("hidden_act", (str,), "silu")
-        check(act == "silu", ConfigError, f"{source}: hidden_act {act!r} is not supported (silu only)")
+        acts = ACTIVATIONS.get(kind, {"silu": "silu"})
+        act = f.get("hidden_activation", (str,)) or f.get("hidden_act", (str,), next(iter(acts)))
+        check(act in acts, ConfigError, f"{source}: hidden activation {act!r} is not supported ({sorted(acts)})")
+        check(
+            not f.get("use_bidirectional_attention", (bool,), False),
+            ConfigError,
+            f"{source}: use_bidirectional_attention=true is not supported",
+        )
+        gemma, gemma2 = kind in ("gemma", "gemma2"), kind == "gemma2"
         max_len = f.int("max_position_embeddings", 2048)
         window, layer_types = _sliding_layers(f, kind)
         n_heads = f.int("num_attention_heads", required=True)
@@ -204,12 +218,18 @@ def config_from_hf(raw: dict, generation: dict | None = None, source: str = "con
             position="rope",
             rope_theta=theta,
             rope_scaling=scaling,
-            mlp="swiglu",
-            activation="silu",
-            tie_embeddings=f.get("tie_word_embeddings", (bool,), False),
+            mlp="swiglu",  # gated: act(gate) * up, GeGLU with Gemma's tanh GELU
+            activation=acts[act],
+            tie_embeddings=f.get("tie_word_embeddings", (bool,), gemma),
             attn_bias=f.get("attention_bias", (bool,), False),
             qkv_bias=kind == "qwen2",  # Qwen 2 has biases on q, k and v, none on the output projection
             qk_norm=kind == "qwen3",  # Qwen 3 normalizes each query and key head
+            norm_offset=1.0 if gemma else 0.0,
+            embed_scale=gemma,
+            post_norms=gemma2,
+            attn_scalar=float(f.float("query_pre_attn_scalar", 0.0)) if gemma2 else 0.0,
+            attn_softcap=f.float("attn_logit_softcapping", 0.0) if gemma2 else 0.0,
+            final_softcap=f.float("final_logit_softcapping", 0.0) if gemma2 else 0.0,
             sliding_window=window,
             layer_types=layer_types,
             mlp_bias=f.get("mlp_bias", (bool,), False),

@@ -72,6 +72,8 @@ def is_llama_like(config: ModelConfig) -> bool:
         and not (config.qkv_bias or config.qk_norm)
         and config.rope_scaling.type == "default"
         and config.sliding_window == 0
+        and not (config.norm_offset or config.embed_scale or config.post_norms)
+        and not (config.attn_scalar or config.attn_softcap or config.final_softcap)
     )
 
 

@@ -54,7 +54,12 @@ def llama_mapping(cfg: ModelConfig) -> Mapping:
     for i in range(cfg.n_layers):
         hf, us = f"model.layers.{i}.", f"layer_{i}."
         m[us + "attn_norm.scale"] = (hf + "input_layernorm.weight", _same, _same)
-        m[us + "mlp_norm.scale"] = (hf + "post_attention_layernorm.weight", _same, _same)
+        if cfg.post_norms:  # Gemma 2 names: post_attention_layernorm is the norm *after* attention
+            m[us + "attn_post_norm.scale"] = (hf + "post_attention_layernorm.weight", _same, _same)
+            m[us + "mlp_norm.scale"] = (hf + "pre_feedforward_layernorm.weight", _same, _same)
+            m[us + "mlp_post_norm.scale"] = (hf + "post_feedforward_layernorm.weight", _same, _same)
+        else:
+            m[us + "mlp_norm.scale"] = (hf + "post_attention_layernorm.weight", _same, _same)
         for ours, theirs, heads in (("q", "q_proj", n), ("k", "k_proj", k), ("v", "v_proj", k)):
             m[us + f"attn.{ours}_kernel"] = (hf + f"self_attn.{theirs}.weight", *_linear_in(heads))
             if cfg.attn_bias or cfg.qkv_bias:

@@ -102,7 +102,7 @@ class Norm(nn.Module):
             y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         else:
             y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + cfg.norm_eps)
-            y = y * scale.astype(jnp.float32)
+            y = y * (cfg.norm_offset + scale.astype(jnp.float32))
         return y.astype(x.dtype)
 
 
@@ -155,7 +155,10 @@ class Attention(nn.Module):
             key, value = cache_layout(key, value)  # [B*K, H, T], [B*K, T, H]
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
-        scores = jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32) / math.sqrt(h)
+        scores = jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32) / math.sqrt(
+            cfg.attn_scalar or h
+        )
+        scores = softcap(scores, cfg.attn_softcap)
         scores = scores.reshape(b, k, g, t, -1)  # [B, K, G, T, S]
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype).reshape(b * k, g * t, -1)
@@ -195,16 +198,27 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x)); with `post_norms` each branch is normed
+    again before its residual add (Gemma 2)."""
 
     config: ModelConfig
     layer: int
 
     @nn.compact
     def __call__(self, x, positions, mask, cache):
-        attn_out, cache = Attention(self.config, self.layer, name="attn")(
-            Norm(self.config, name="attn_norm")(x), positions, mask, cache
+        cfg = self.config
+        attn_out, cache = Attention(cfg, self.layer, name="attn")(
+            Norm(cfg, name="attn_norm")(x), positions, mask, cache
         )
+        if cfg.post_norms:
+            attn_out = Norm(cfg, name="attn_post_norm")(attn_out)
         x = x + attn_out
-        x = x + MLP(self.config, name="mlp")(Norm(self.config, name="mlp_norm")(x))
-        return x, cache
+        mlp_out = MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        if cfg.post_norms:
+            mlp_out = Norm(cfg, name="mlp_post_norm")(mlp_out)
+        return x + mlp_out, cache
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(x / cap): a smooth bound on |x| (cap 0: x as it is)."""
+    return cap * jnp.tanh(x / cap) if cap else x

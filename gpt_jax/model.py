@@ -13,6 +13,7 @@ Axis glossary (the same letters in einsum strings, shapes and comments everywher
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.kv_cache import KVCache, sliding_window_mask, uncached_positions_and_mask
-from gpt_jax.layers import EMBED, POSITION, VOCAB, Block, Norm, WeightInfo, init_weight, weight
+from gpt_jax.layers import EMBED, POSITION, VOCAB, Block, Norm, WeightInfo, init_weight, softcap, weight
 from gpt_jax.params import flatten
 from gpt_jax.quantize import contract
 
@@ -39,6 +40,8 @@ class Transformer(nn.Module):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         embedding = weight(self, "embed", init_weight, (cfg.vocab_size, cfg.d_model), dtype, (VOCAB, EMBED))  # [V, D]
         x = embedding[tokens]  # [B, T, D]
+        if cfg.embed_scale:
+            x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         if cfg.position == "learned":
             shape = (cfg.max_seq_len, cfg.d_model)
             x = x + weight(self, "pos_embed", nn.initializers.normal(0.01), shape, dtype, (POSITION, EMBED))[positions]
@@ -53,6 +56,7 @@ class Transformer(nn.Module):
         else:
             head = weight(self, "lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype, (EMBED, VOCAB), 1)
             logits = contract("BTD,DV->BTV", x, head, jnp.float32)
+        logits = softcap(logits, cfg.final_softcap)
         if cache is not None:
             cache = cache.advance(tokens.shape[1])
         return logits, cache

@@ -72,3 +72,13 @@ def test_rope_scaling_and_attention_features_round_trip_and_are_checked():
             ModelConfig.from_dict({**LLAMA_TINY.to_dict(), "rope_scaling": bad})
     with pytest.raises(ConfigError, match="unknown rope_scaling keys"):
         ModelConfig.from_dict({**LLAMA_TINY.to_dict(), "rope_scaling": {"mscale": 1.0}})
+
+
+def test_parameter_count_matches_the_parameters_for_every_feature():
+    import jax
+
+    from gpt_jax.model import init_params
+
+    gemma2_like = LLAMA_TINY.replace(post_norms=True, norm_offset=1.0, embed_scale=True, tie_embeddings=True)
+    for cfg in (gemma2_like, LLAMA_TINY.replace(qkv_bias=True), LLAMA_TINY.replace(attn_bias=True, mlp_bias=True)):
+        assert sum(x.size for x in jax.tree_util.tree_leaves(init_params(cfg, jax.random.key(0)))) == cfg.num_params

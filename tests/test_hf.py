@@ -31,6 +31,8 @@ def make_hf(kind: str, directory, **overrides):
             "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
             "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+            "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+            "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
         }[kind]
         params = dict(
             hidden_size=32,
@@ -42,6 +44,7 @@ def make_hf(kind: str, directory, **overrides):
             rms_norm_eps=1e-6,
         )
         cfg = cls_cfg(**{**params, **common, **overrides})
+        cfg._attn_implementation = "eager"  # Gemma 2's soft-capping runs in the eager path only
         model = cls_model(cfg)
     with torch.no_grad():  # no weight keeps its initial value (biases 0, norms 1), so every mapping is exercised
         for p in model.parameters():
@@ -74,6 +77,17 @@ VARIANTS = {
     # windows shorter than the test sequences (up to 8 prompt + 32 new tokens): the window is exact, not a cap
     "mistral-window": ("mistral", {"sliding_window": 6}),
     "qwen2-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
+    "gemma": ("gemma", {"head_dim": 8, "num_key_value_heads": 1}),  # multi-query, as Gemma 2B
+    "gemma2": (  # small caps and a query scalar apart from head_dim, so each feature changes the numbers
+        "gemma2",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 1.0,
+            "final_logit_softcapping": 2.0,
+            "sliding_window": 6,
+        },
+    ),
 }
 
 PROMPTS = [[1, 5, 9, 13, 17, 21, 25, 29], [1, 7, 40], [1, 60, 61, 62, 63, 64]]
@@ -250,3 +264,25 @@ def test_both_rope_forms_give_one_config():
         config_from_hf({**qwen, "sliding_window": 4, "layer_types": ["chunked_attention", "full_attention"]})
     old_form = config_from_hf({**qwen, "sliding_window": 4, "max_window_layers": 1})
     assert (old_form.sliding_window, old_form.layer_types) == (4, ("full", "sliding"))
+
+
+def test_gemma_configs_map_to_features():
+    from gpt_jax.hf import config_from_hf
+
+    base = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
+    gemma = config_from_hf({**base, "model_type": "gemma", "head_dim": 8, "hidden_act": "gelu"})  # legacy name
+    assert (gemma.norm_offset, gemma.embed_scale, gemma.activation, gemma.tie_embeddings) == (
+        1.0,
+        True,
+        "gelu_tanh",
+        True,
+    )
+    assert not gemma.post_norms and gemma.sliding_window == 0
+    old = {**base, "model_type": "gemma2", "head_dim": 8, "query_pre_attn_scalar": 16, "sliding_window": 6}
+    g2 = config_from_hf({**old, "attn_logit_softcapping": 50.0, "final_logit_softcapping": None})
+    assert (g2.post_norms, g2.attn_scalar, g2.attn_softcap, g2.final_softcap) == (True, 16.0, 50.0, 0.0)
+    assert (
+        g2.layer_types == ("sliding", "full", "sliding", "full") and g2.sliding_window == 6
+    )  # no layer_types: pattern
+    with pytest.raises(CheckpointError, match="hidden activation 'relu' is not supported"):
+        config_from_hf({**old, "hidden_activation": "relu"})
