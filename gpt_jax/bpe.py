@@ -62,6 +62,7 @@ class ByteLevelBPETokenizer(BaseTokenizer):
             add_eos=False,
             token_bytes=pieces,
             leading_space=[False] * vocab_size,
+            special_texts={t.content: i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special},
         )
 
     @classmethod

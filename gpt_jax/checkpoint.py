@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import hf, safetensors_io, sharding
+from gpt_jax.chat import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, InputError, check
 from gpt_jax.generate import Generator
@@ -28,7 +29,7 @@ from gpt_jax.safe_write import as_path, atomic_directory, check_extra_files, che
 from gpt_jax.tokenizer_files import SENTENCEPIECE_FILE, load_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", SENTENCEPIECE_FILE
-OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, SENTENCEPIECE_FILE, "tokenizer.json")
+OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, SENTENCEPIECE_FILE, "tokenizer.json", TEMPLATE_FILE, TOKENIZER_CONFIG)
 EXTRA_FILES_KEY = "gpt_jax_extra_files"  # safetensors metadata: the extra files a save wrote (its own, too)
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shakespeare"
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
@@ -83,6 +84,9 @@ def save(
         safetensors_io.write(tmp / WEIGHTS_FILE, tensors, metadata=metadata)
         if generator.tokenizer is not None:
             for name, data in generator.tokenizer.files().items():
+                (tmp / name).write_bytes(data)
+        if generator.chat_template is not None:
+            for name, data in generator.chat_template.files().items():
                 (tmp / name).write_bytes(data)
         for name, data in extras.items():
             (tmp / name).write_bytes(data)
@@ -149,4 +153,4 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
     check_layer_count(config, tensors, str(weights))
     check_tensors(tensors, param_shapes(config), str(weights))
     params = unflatten({k: jnp.asarray(v, dtype=config.dtype) for k, v in tensors.items()})
-    return Generator(config, params, load_tokenizer(directory, config), mesh)
+    return Generator(config, params, load_tokenizer(directory, config), mesh, ChatTemplate.from_directory(directory))

@@ -11,6 +11,7 @@ import jax
 
 from gpt_jax import loop
 from gpt_jax.config import ModelConfig
+from gpt_jax.errors import InputError, check
 from gpt_jax.kv_cache import KVCache, init_cache
 from gpt_jax.model import Transformer
 from gpt_jax.scoring import sequence_log_likelihood
@@ -44,6 +45,18 @@ def decode_bytes(config: ModelConfig, rows: int, prompt_len: int, buffer: int) -
     state = 6 * rows * config.vocab_size * 4 + 4 * rows * buffer * 4
     scores = rows * config.n_heads * prompt_len * slots * 4
     return cache + state + scores
+
+
+def check_memory(config: ModelConfig, rows: int, prompt_len: int, buffer: int, mesh=None) -> None:
+    """Refuse (InputError) a decode that cannot fit, before it compiles, not by running out halfway through."""
+    need, have = decode_bytes(config, rows, prompt_len, buffer), available_memory_bytes(mesh)
+    check(
+        have is None or need <= have,
+        InputError,
+        f"this call needs about {need / 2**30:.1f} GiB for its KV cache and activations ({rows} rows x "
+        f"{prompt_len + buffer} slots) and {have / 2**30 if have else 0:.1f} GiB are available: "
+        "lower max_new_tokens, the prompt length or the number of prompts",
+    )
 
 
 class CompiledPrograms:

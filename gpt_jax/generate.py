@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import jax
 
 from gpt_jax import loop, sharding
-from gpt_jax.compiled import CompiledPrograms, available_memory_bytes, decode_bytes
+from gpt_jax.compiled import CompiledPrograms, check_memory
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, TokenizerError, check
 from gpt_jax.model import init_params, weight_infos
@@ -47,13 +47,14 @@ class Generator:
     Every generation call takes the settings of `settings.GenerationSettings` as keyword arguments.
     """
 
-    def __init__(self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None):
+    def __init__(self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None, chat=None):
         """`mesh`: a jax.sharding.Mesh with axes ("data", "model"), Auto or Explicit; params are placed by the
-        `sharding` rules."""
+        `sharding` rules. `chat`: the checkpoint's `chat.ChatTemplate`, if it has one."""
         if mesh is not None:
             mesh = sharding.auto_axes(mesh)
             params = sharding.shard_params(config, params, mesh)
         self.config, self.params, self.tokenizer, self.mesh = config, params, tokenizer, mesh
+        self.chat_template = chat
         self.programs = CompiledPrograms(config, mesh)
 
     @property
@@ -84,21 +85,13 @@ class Generator:
         """
         inputs = {name: info.inputs for name, info in weight_infos(self.config).items()}
         params = jax.jit(lambda p: quantize_params(p, inputs, activations))(self.params)
-        return Generator(self.config, params, self.tokenizer, self.mesh)
+        return Generator(self.config, params, self.tokenizer, self.mesh, self.chat_template)
 
     def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
         """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis); a decode
         that cannot fit in memory is refused here, not by an out-of-memory error halfway through."""
         prep = prepare(self.config, prompts, settings, self._data_axis())
-        rows, prompt_len = prep.inputs.tokens.shape
-        need, have = decode_bytes(self.config, rows, prompt_len, prep.buffer), available_memory_bytes(self.mesh)
-        check(
-            have is None or need <= have,
-            InputError,
-            f"this call needs about {need / 2**30:.1f} GiB for its KV cache and activations ({rows} rows x "
-            f"{prompt_len + prep.buffer} slots) and {have / 2**30 if have else 0:.1f} GiB are available: "
-            "lower max_new_tokens, the prompt length or the number of prompts",
-        )
+        check_memory(self.config, *prep.inputs.tokens.shape, prep.buffer, self.mesh)
         return prep
 
     # ---- ids in, ids out ---------------------------------------------------------------------------------------
@@ -160,15 +153,36 @@ class Generator:
 
         `stop`: strings that end a row (finish reason "stop"); the text ends before the stop string.
         """
-        tok = self._require_tokenizer()
-        s = GenerationSettings.of(settings).with_seed()
         prompts = [prompts] if isinstance(prompts, str) else prompts
         check(
             isinstance(prompts, (list, tuple)) and len(prompts) > 0,
             InputError,
             "prompts must be a string or a non-empty list of strings",
         )
-        ids = [self._encode_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        s = GenerationSettings.of(settings).with_seed()
+        return self._generate_text([self._encode_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)], s)
+
+    def chat(self, conversations, **settings) -> GenerationResult:
+        """One conversation ([{"role": "user", "content": ...}, ...]) or a list of them -> the assistant's replies
+        in `texts`, through the checkpoint's chat template (its special tokens kept as tokens). Settings as
+        `generate`; the turn ends at the model's EOS ids (generation_config.json's end-of-turn ids included)."""
+        tok = self._require_tokenizer()
+        check(self.chat_template is not None, TokenizerError, "this model has no chat template: use generate")
+        single = (
+            isinstance(conversations, (list, tuple)) and len(conversations) > 0 and isinstance(conversations[0], dict)
+        )
+        conversations = [conversations] if single else conversations
+        check(
+            isinstance(conversations, (list, tuple)) and len(conversations) > 0,
+            InputError,
+            "conversations must be a list of messages, or a non-empty list of such lists",
+        )
+        s = GenerationSettings.of(settings).with_seed()
+        ids = [tok.encode_with_special_tokens(self.chat_template.render(c)) for c in conversations]
+        return self._generate_text(ids, s)
+
+    def _generate_text(self, ids: list[list[int]], s: GenerationSettings) -> GenerationResult:
+        tok = self._require_tokenizer()
         stops = stop_strings(s.stop)
         result = self._generate_ids(ids, self._with_stop_ids(s, stops))
         texts, token_ids, logprobs, finish = [], [], [], list(result.finish_reasons)

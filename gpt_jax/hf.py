@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import safetensors_io
+from gpt_jax.chat import ChatTemplate
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, check
 from gpt_jax.generate import Generator
@@ -351,4 +352,5 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
                 for ours, part in gpt2_split(name, w, config).items():
                     put(ours, part, name)
                 files.where[present[name]].release(present[name])
-    return Generator(config, unflatten(flat), load_tokenizer(directory, config, exact=False), mesh)
+    tokenizer = load_tokenizer(directory, config, exact=False)
+    return Generator(config, unflatten(flat), tokenizer, mesh, ChatTemplate.from_directory(directory))

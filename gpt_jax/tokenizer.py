@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import codecs
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ class BaseTokenizer(abc.ABC):
         add_eos: bool,
         token_bytes: Sequence[bytes],
         leading_space: Sequence[bool],
+        special_texts: dict[str, int] | None = None,
     ):
         """token_bytes[i]: the exact bytes id i decodes to; leading_space[i]: a text that starts with id i loses
         the first space of those bytes when decoded (SentencePiece's dummy prefix)."""
@@ -62,6 +64,9 @@ class BaseTokenizer(abc.ABC):
         self.add_bos, self.add_eos = add_bos and bos_id >= 0, add_eos and eos_id >= 0
         self._token_bytes = list(token_bytes)
         self._leading_space = list(leading_space)
+        self.special_texts = dict(special_texts or {})  # e.g. {"<s>": 1, "<|eot_id|>": 128009}
+        longest_first = sorted(self.special_texts, key=len, reverse=True)
+        self._special_pattern = re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
 
     @abc.abstractmethod
     def _encode_plain(self, text: str) -> list[int]:
@@ -93,6 +98,20 @@ class BaseTokenizer(abc.ABC):
         if not add_special_tokens:
             return ids
         return ([self.bos_id] if self.add_bos else []) + ids + ([self.eos_id] if self.add_eos else [])
+
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Text in which special-token strings stand for their ids (as a rendered chat template writes them, e.g.
+        "<s>" or "<|eot_id|>") -> ids; nothing is added."""
+        text = check_text(text)
+        if self._special_pattern is None:
+            return self._encode_plain(text)
+        ids, start = [], 0
+        for match in self._special_pattern.finditer(text):
+            if match.start() > start:
+                ids += self._encode_plain(text[start : match.start()])
+            ids.append(self.special_texts[match.group()])
+            start = match.end()
+        return ids + (self._encode_plain(text[start:]) if start < len(text) else [])
 
     # step 9: detokenize
     def decode(self, ids: Iterable[int]) -> str:
@@ -146,6 +165,7 @@ class Tokenizer(BaseTokenizer):
             add_eos=add_eos,
             token_bytes=pieces,
             leading_space=[strips and n and p[:1] == b" " for n, p in zip(normal, pieces)],
+            special_texts={sp.id_to_piece(i): i for i in range(sp.vocab_size()) if sp.is_control(i)},
         )
 
     def _piece_bytes(self, i: int) -> bytes:

@@ -16,8 +16,8 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 
 
 def load_tokenizer(directory: Path, config: ModelConfig, exact: bool = True) -> BaseTokenizer | None:
-    """The directory's tokenizer, if any. Its vocabulary must equal the embedding's rows (`exact`) or fit in them
-    (Hugging Face models often pad the embedding)."""
+    """The directory's tokenizer, if any. Its vocabulary must fit in the embedding's rows (Hugging Face models often
+    pad the embedding), and with `exact` a SentencePiece vocabulary must equal them (as this project trains them)."""
     path = directory / SENTENCEPIECE_FILE
     source = path if path.is_file() else directory
     try:
@@ -29,6 +29,7 @@ def load_tokenizer(directory: Path, config: ModelConfig, exact: bool = True) -> 
             return None
     except TokenizerError as e:
         raise CheckpointError(f"{source}: {e}") from None
+    exact = exact and isinstance(tok, Tokenizer)  # a tokenizer.json often has fewer entries than the embedding
     check(
         tok.vocab_size == config.vocab_size or (not exact and tok.vocab_size < config.vocab_size),
         CheckpointError,

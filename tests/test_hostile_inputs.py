@@ -94,7 +94,7 @@ def test_numpy_scalars_stand_for_their_values(gen):
 
 
 def test_a_decode_that_cannot_fit_in_memory_is_refused_up_front(gen, monkeypatch):
-    monkeypatch.setattr("gpt_jax.generate.available_memory_bytes", lambda mesh=None: 1 << 10)
+    monkeypatch.setattr("gpt_jax.compiled.available_memory_bytes", lambda mesh=None: 1 << 10)
     with pytest.raises(InputError, match="GiB for its KV cache"):
         gen.generate_ids([[1, 2, 3]] * 8, max_new_tokens=100)
 

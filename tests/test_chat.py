@@ -1,0 +1,107 @@
+"""Chat templates: rendered as transformers renders them, special tokens kept as tokens, sandboxed, and `chat`
+generates what `generate_ids` generates from the same prompt ids."""
+
+import json
+
+import jax
+import pytest
+
+import gpt_jax
+from gpt_jax import Generator, InputError, TokenizerError, checkpoint
+from gpt_jax.chat import ChatTemplate
+from gpt_jax.config import LLAMA_TINY
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+# Two templates in the styles instruct checkpoints use: turn markers with a system prompt, and header blocks with
+# BOS, strict alternation and an end-of-turn token.
+TURNS = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+HEADERS = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+SPECIALS = [
+    "<|begin|>",
+    "<|end|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+CONVERSATION = [
+    {"role": "user", "content": "Who is Romeo?"},
+    {"role": "assistant", "content": "A Montague."},
+    {"role": "user", "content": "And Juliet? "},
+]
+
+
+@pytest.fixture(scope="module")
+def chat_dir(corpus_slice, tmp_path_factory):
+    """A tiny Llama-shaped model with a byte-level BPE tokenizer.json, special tokens and a chat template."""
+    d = tmp_path_factory.mktemp("chat") / "m"
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train([str(corpus_slice)], vocab_size=300, min_frequency=2, special_tokens=SPECIALS)
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin|>", eos_token="<|end|>")
+    hf_tok.chat_template = HEADERS
+    hf_tok.save_pretrained(d)
+    bos, eot = hf_tok.convert_tokens_to_ids("<|begin|>"), hf_tok.convert_tokens_to_ids("<|eot_id|>")
+    cfg = LLAMA_TINY.replace(vocab_size=320, bos_id=bos, eos_ids=(eot,), pad_id=eot, tie_embeddings=True)
+    gen = Generator.from_config(cfg, key=jax.random.key(3))
+    config_dict, tensors = gpt_jax.hf_export.export_tensors(cfg, gen.params)
+    (d / "config.json").write_text(json.dumps(config_dict))
+    gpt_jax.safetensors_io.write(d / "model.safetensors", tensors)
+    return d, hf_tok
+
+
+@pytest.mark.parametrize("template", [TURNS, HEADERS], ids=["turns", "headers"])
+def test_rendering_and_ids_match_transformers(chat_dir, template):
+    d, hf_tok = chat_dir
+    hf_tok.chat_template = template
+    ours = ChatTemplate(template, bos_token="<|begin|>", eos_token="<|end|>")
+    for add in (True, False):
+        text = ours.render(CONVERSATION, add_generation_prompt=add)
+        assert text == hf_tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=add)
+    want = hf_tok.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True, return_dict=False)
+    g = gpt_jax.load(d)
+    assert g.tokenizer.encode_with_special_tokens(ours.render(CONVERSATION)) == list(want)
+
+
+def test_chat_generates_what_generate_ids_does_from_the_same_prompt(chat_dir):
+    d, hf_tok = chat_dir
+    hf_tok.chat_template = HEADERS
+    g = gpt_jax.load(d)
+    assert g.chat_template is not None and g.chat_template.bos_token == "<|begin|>"
+    out = g.chat(CONVERSATION, max_new_tokens=8, seed=4, temperature=1.0)
+    prompt = hf_tok.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True, return_dict=False)
+    ids = g.generate_ids([list(prompt)], max_new_tokens=8, seed=4, temperature=1.0)
+    assert out.token_ids == ids.token_ids and isinstance(out.texts[0], str)
+    two = g.chat([CONVERSATION, CONVERSATION[:1]], max_new_tokens=8, seed=4, temperature=1.0)
+    assert two.token_ids[0] == out.token_ids[0]  # a row's tokens do not depend on its batch-mates
+    again = gpt_jax.load(checkpoint.save(g, d.parent / "saved"))  # the template travels with a save
+    assert again.chat_template.source == HEADERS and again.chat(CONVERSATION, max_new_tokens=8, seed=4).token_ids
+
+
+def test_bad_conversations_and_hostile_templates_are_typed_errors(chat_dir):
+    g = gpt_jax.load(chat_dir[0])
+    with pytest.raises(InputError, match="roles must alternate"):
+        g.chat([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    with pytest.raises(InputError, match="message 0 must be a dict"):
+        g.chat([{"role": "user"}])
+    with pytest.raises(InputError, match="conversations must be a list"):
+        g.chat([])
+    escape = "{{ ''.__class__.__mro__[1].__subclasses__() }}"  # what a sandbox exists for
+    with pytest.raises(InputError, match="refused the conversation"):
+        ChatTemplate(escape).render(CONVERSATION)
+    with pytest.raises(InputError, match="does not compile"):
+        ChatTemplate("{% for %}")
+    bare = Generator(g.config, g.params, g.tokenizer)
+    with pytest.raises(TokenizerError, match="no chat template"):
+        bare.chat(CONVERSATION)
