@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint directories (GPT-2, Llama 1-3, Mistral, Qwen 2/3, Gemma 1/2) imported into gpt_jax.
+"""Hugging Face checkpoint directories (GPT-2, Llama 1-3, Mistral, Qwen 2/3, Gemma 1/2, Phi-3) imported into gpt_jax.
 
 Every config field that changes the computation is mapped or rejected with a clear error. Weights are converted one
 tensor at a time from memory-mapped safetensors files, and each tensor's mapped pages are released once converted,
@@ -26,7 +26,7 @@ from gpt_jax.rope import RopeScaling
 from gpt_jax.json_files import read_json_object
 from gpt_jax.tokenizer_files import load_tokenizer
 
-SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
 ACTIVATIONS = {  # the MLP activations each family's checkpoints name, and ours
     "gemma": {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_tanh"},  # "gelu" is Gemma 1's legacy name for tanh
     "gemma2": {"gelu_pytorch_tanh": "gelu_tanh"},
@@ -80,7 +80,7 @@ ROPE_KEYS = {  # the rope-parameter keys each type reads; any other key that cha
     "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
     "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor", "truncate"},
 }
-ROPE_IGNORED = {"rope_type", "type", "rope_theta"}
+ROPE_IGNORED = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}  # the last is checked on its own
 
 
 def _rope(f: _Fields) -> tuple[float, RopeScaling]:
@@ -96,7 +96,7 @@ def _rope(f: _Fields) -> tuple[float, RopeScaling]:
     unknown = sorted(set(rope) - ROPE_KEYS[kind] - ROPE_IGNORED)
     check(not unknown, ConfigError, f"{f.source}: rope parameters {unknown} are not supported for type {kind!r}")
     check(
-        f.float("partial_rotary_factor", 1.0) == 1.0,
+        r.float("partial_rotary_factor", f.float("partial_rotary_factor", 1.0)) == 1.0,
         ConfigError,
         f"{f.source}: partial_rotary_factor != 1 is not supported",
     )
@@ -126,7 +126,7 @@ def _sliding_layers(f: _Fields, kind: str) -> tuple[int, tuple[str, ...]]:
     `layer_types`, or every other layer from the first."""
     if kind in ("llama", "gemma"):
         return 0, ()
-    if kind == "mistral":
+    if kind in ("mistral", "phi3"):
         return f.int("sliding_window") or 0, ()
     if kind in ("qwen2", "qwen3") and not f.get("use_sliding_window", (bool,), False):
         return 0, ()
@@ -298,7 +298,9 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
     config = config_from_hf(raw, generation, str(directory / "config.json")).replace(dtype=dtype or "float32")
     files = _WeightFiles(directory)
     present = _strip_prefix(files.names(), raw["model_type"])
-    mapping = llama_mapping(config) if config.position == "rope" else gpt2_mapping(config)
+    mapping = (
+        llama_mapping(config, fused=raw["model_type"] == "phi3") if config.position == "rope" else gpt2_mapping(config)
+    )
     needed = {hf for hf, _, _ in mapping.values()}
     if config.position == "learned":
         needed |= {f"transformer.h.{i}.attn.c_attn.{p}" for i in range(config.n_layers) for p in ("weight", "bias")}

@@ -48,7 +48,32 @@ def _outside_the_layers(cfg: ModelConfig, names: dict[str, str]) -> Mapping:
     return m
 
 
-def llama_mapping(cfg: ModelConfig) -> Mapping:
+def _rows(first: Callable[[ModelConfig], int], last: Callable[[ModelConfig], int | None], inner: Callable):
+    """Import rows first..last of a fused torch Linear [out, in], then convert them as `inner` does (export writes
+    the unfused names, so there is no way back here)."""
+    return (lambda w, c: inner(w[first(c) : last(c)], c), None)
+
+
+def _fused_phi3(m: Mapping, hf: str, us: str, cfg: ModelConfig) -> None:
+    """Phi-3 stores q|k|v as one qkv_proj [(N + 2K) * H, D] and gate|up as one gate_up_proj [2F, D]."""
+    q_end = lambda c: c.n_heads * c.head_dim
+    k_end = lambda c: (c.n_heads + c.n_kv_heads) * c.head_dim
+    heads = {"q": lambda c: c.n_heads, "k": lambda c: c.n_kv_heads, "v": lambda c: c.n_kv_heads}
+    spans = {"q": (lambda c: 0, q_end), "k": (q_end, k_end), "v": (k_end, lambda c: None)}
+    for ours, (first, last) in spans.items():
+        m[us + f"attn.{ours}_kernel"] = (
+            hf + "self_attn.qkv_proj.weight",
+            *_rows(first, last, _linear_in(heads[ours])[0]),
+        )
+    for ours, (first, last) in {
+        "gate": (lambda c: 0, lambda c: c.mlp_dim),
+        "up": (lambda c: c.mlp_dim, lambda c: None),
+    }.items():
+        m[us + f"mlp.{ours}_kernel"] = (hf + "mlp.gate_up_proj.weight", *_rows(first, last, lambda w, c: w.T))
+
+
+def llama_mapping(cfg: ModelConfig, fused: bool = False) -> Mapping:
+    """Llama-layout names (Mistral, Qwen, Gemma share them); `fused`: Phi-3's fused projections."""
     n, k = (lambda c: c.n_heads), (lambda c: c.n_kv_heads)
     m = _outside_the_layers(cfg, {"embed": "model.embed_tokens.weight", "final_norm.scale": "model.norm.weight"})
     for i in range(cfg.n_layers):
@@ -60,8 +85,11 @@ def llama_mapping(cfg: ModelConfig) -> Mapping:
             m[us + "mlp_post_norm.scale"] = (hf + "post_feedforward_layernorm.weight", _same, _same)
         else:
             m[us + "mlp_norm.scale"] = (hf + "post_attention_layernorm.weight", _same, _same)
+        if fused:
+            _fused_phi3(m, hf, us, cfg)
         for ours, theirs, heads in (("q", "q_proj", n), ("k", "k_proj", k), ("v", "v_proj", k)):
-            m[us + f"attn.{ours}_kernel"] = (hf + f"self_attn.{theirs}.weight", *_linear_in(heads))
+            if not fused:
+                m[us + f"attn.{ours}_kernel"] = (hf + f"self_attn.{theirs}.weight", *_linear_in(heads))
             if cfg.attn_bias or cfg.qkv_bias:
                 m[us + f"attn.{ours}_bias"] = (hf + f"self_attn.{theirs}.bias", *_heads_bias(heads))
         if cfg.qk_norm:
@@ -70,7 +98,7 @@ def llama_mapping(cfg: ModelConfig) -> Mapping:
         m[us + "attn.o_kernel"] = (hf + "self_attn.o_proj.weight", *_linear_out())
         if cfg.attn_bias:
             m[us + "attn.o_bias"] = (hf + "self_attn.o_proj.bias", _same, _same)
-        for ours in ("gate", "up", "down"):
+        for ours in ("down",) if fused else ("gate", "up", "down"):
             m[us + f"mlp.{ours}_kernel"] = (hf + f"mlp.{ours}_proj.weight", *_transpose())
             if cfg.mlp_bias:
                 m[us + f"mlp.{ours}_bias"] = (hf + f"mlp.{ours}_proj.bias", _same, _same)

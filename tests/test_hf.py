@@ -33,6 +33,7 @@ def make_hf(kind: str, directory, **overrides):
             "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
             "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
             "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+            "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
         }[kind]
         params = dict(
             hidden_size=32,
@@ -78,6 +79,7 @@ VARIANTS = {
     "mistral-window": ("mistral", {"sliding_window": 6}),
     "qwen2-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
     "gemma": ("gemma", {"head_dim": 8, "num_key_value_heads": 1}),  # multi-query, as Gemma 2B
+    "phi3": ("phi3", {"sliding_window": 6}),  # fused qkv_proj and gate_up_proj, grouped-query, windowed
     "gemma2": (  # small caps and a query scalar apart from head_dim, so each feature changes the numbers
         "gemma2",
         {
@@ -254,6 +256,7 @@ def test_both_rope_forms_give_one_config():
         ({"rope_type": "dynamic", "factor": 2.0}, "rope scaling type 'dynamic' is not supported"),
         ({"rope_type": "yarn", "factor": 2.0, "mscale": 0.7}, r"rope parameters \['mscale'\] are not supported"),
         ({"rope_type": "longrope"}, "'longrope' is not supported"),
+        ({"rope_type": "default", "partial_rotary_factor": 0.75}, "partial_rotary_factor != 1 is not supported"),
     ):
         with pytest.raises(CheckpointError, match=message):
             config_from_hf({**base, "rope_parameters": rope})
