@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import hf, safetensors_io, sharding
-from gpt_jax.chat import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
+from gpt_jax.chat import TEMPLATE_FILE, TOKENIZER_CONFIG
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, InputError, check
 from gpt_jax.generate import Generator
@@ -85,8 +85,8 @@ def save(
         if generator.tokenizer is not None:
             for name, data in generator.tokenizer.files().items():
                 (tmp / name).write_bytes(data)
-        if generator.chat_template is not None:
-            for name, data in generator.chat_template.files().items():
+        if generator.tokenizer is not None and generator.tokenizer.chat_template is not None:
+            for name, data in generator.tokenizer.chat_template.files().items():
                 (tmp / name).write_bytes(data)
         for name, data in extras.items():
             (tmp / name).write_bytes(data)
@@ -153,4 +153,4 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
     check_layer_count(config, tensors, str(weights))
     check_tensors(tensors, param_shapes(config), str(weights))
     params = unflatten({k: jnp.asarray(v, dtype=config.dtype) for k, v in tensors.items()})
-    return Generator(config, params, load_tokenizer(directory, config), mesh, ChatTemplate.from_directory(directory))
+    return Generator(config, params, load_tokenizer(directory, config), mesh)

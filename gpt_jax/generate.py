@@ -47,14 +47,13 @@ class Generator:
     Every generation call takes the settings of `settings.GenerationSettings` as keyword arguments.
     """
 
-    def __init__(self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None, chat=None):
+    def __init__(self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None):
         """`mesh`: a jax.sharding.Mesh with axes ("data", "model"), Auto or Explicit; params are placed by the
-        `sharding` rules. `chat`: the checkpoint's `chat.ChatTemplate`, if it has one."""
+        `sharding` rules."""
         if mesh is not None:
             mesh = sharding.auto_axes(mesh)
             params = sharding.shard_params(config, params, mesh)
         self.config, self.params, self.tokenizer, self.mesh = config, params, tokenizer, mesh
-        self.chat_template = chat
         self.programs = CompiledPrograms(config, mesh)
 
     @property
@@ -85,7 +84,7 @@ class Generator:
         """
         inputs = {name: info.inputs for name, info in weight_infos(self.config).items()}
         params = jax.jit(lambda p: quantize_params(p, inputs, activations))(self.params)
-        return Generator(self.config, params, self.tokenizer, self.mesh, self.chat_template)
+        return Generator(self.config, params, self.tokenizer, self.mesh)
 
     def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
         """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis); a decode
@@ -167,7 +166,6 @@ class Generator:
         in `texts`, through the checkpoint's chat template (its special tokens kept as tokens). Settings as
         `generate`; the turn ends at the model's EOS ids (generation_config.json's end-of-turn ids included)."""
         tok = self._require_tokenizer()
-        check(self.chat_template is not None, TokenizerError, "this model has no chat template: use generate")
         single = (
             isinstance(conversations, (list, tuple)) and len(conversations) > 0 and isinstance(conversations[0], dict)
         )
@@ -178,7 +176,7 @@ class Generator:
             "conversations must be a list of messages, or a non-empty list of such lists",
         )
         s = GenerationSettings.of(settings).with_seed()
-        ids = [tok.encode_with_special_tokens(self.chat_template.render(c)) for c in conversations]
+        ids = [tok.apply_chat_template(c) for c in conversations]
         return self._generate_text(ids, s)
 
     def _generate_text(self, ids: list[list[int]], s: GenerationSettings) -> GenerationResult:

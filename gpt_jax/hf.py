@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import safetensors_io
-from gpt_jax.chat import ChatTemplate
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, ConfigError, check
 from gpt_jax.generate import Generator
@@ -355,4 +354,4 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
                     put(ours, part, name)
                 files.where[present[name]].release(present[name])
     tokenizer = load_tokenizer(directory, config, exact=False)
-    return Generator(config, unflatten(flat), tokenizer, mesh, ChatTemplate.from_directory(directory))
+    return Generator(config, unflatten(flat), tokenizer, mesh)

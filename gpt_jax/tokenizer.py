@@ -64,6 +64,7 @@ class BaseTokenizer(abc.ABC):
         self.add_bos, self.add_eos = add_bos and bos_id >= 0, add_eos and eos_id >= 0
         self._token_bytes = list(token_bytes)
         self._leading_space = list(leading_space)
+        self.chat_template = None  # a chat.ChatTemplate, set when the model directory has one
         self.special_texts = dict(special_texts or {})  # e.g. {"<s>": 1, "<|eot_id|>": 128009}
         longest_first = sorted(self.special_texts, key=len, reverse=True)
         self._special_pattern = re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
@@ -112,6 +113,12 @@ class BaseTokenizer(abc.ABC):
             ids.append(self.special_texts[match.group()])
             start = match.end()
         return ids + (self._encode_plain(text[start:]) if start < len(text) else [])
+
+    def apply_chat_template(self, conversation, add_generation_prompt: bool = True) -> list[int]:
+        """A conversation ([{"role": ..., "content": ...}, ...]) -> prompt ids through the checkpoint's template, its
+        special-token strings kept as tokens (what transformers' apply_chat_template(..., tokenize=True) gives)."""
+        check(self.chat_template is not None, TokenizerError, "this tokenizer has no chat template: use generate")
+        return self.encode_with_special_tokens(self.chat_template.render(conversation, add_generation_prompt))
 
     # step 9: detokenize
     def decode(self, ids: Iterable[int]) -> str:

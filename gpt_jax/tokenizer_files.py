@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpt_jax.bpe import ByteLevelBPETokenizer
+from gpt_jax.chat import ChatTemplate
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, TokenizerError, check
 from gpt_jax.tokenizer import BaseTokenizer, Tokenizer
@@ -16,8 +17,9 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 
 
 def load_tokenizer(directory: Path, config: ModelConfig, exact: bool = True) -> BaseTokenizer | None:
-    """The directory's tokenizer, if any. Its vocabulary must fit in the embedding's rows (Hugging Face models often
-    pad the embedding), and with `exact` a SentencePiece vocabulary must equal them (as this project trains them)."""
+    """The directory's tokenizer, if any, carrying the directory's chat template, if any. Its vocabulary must fit in
+    the embedding's rows (Hugging Face models often pad the embedding), and with `exact` a SentencePiece vocabulary
+    must equal them (as this project trains them)."""
     path = directory / SENTENCEPIECE_FILE
     source = path if path.is_file() else directory
     try:
@@ -30,6 +32,7 @@ def load_tokenizer(directory: Path, config: ModelConfig, exact: bool = True) -> 
     except TokenizerError as e:
         raise CheckpointError(f"{source}: {e}") from None
     exact = exact and isinstance(tok, Tokenizer)  # a tokenizer.json often has fewer entries than the embedding
+    tok.chat_template = ChatTemplate.from_directory(directory)
     check(
         tok.vocab_size == config.vocab_size or (not exact and tok.vocab_size < config.vocab_size),
         CheckpointError,

@@ -72,13 +72,15 @@ def test_rendering_and_ids_match_transformers(chat_dir, template):
     want = hf_tok.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True, return_dict=False)
     g = gpt_jax.load(d)
     assert g.tokenizer.encode_with_special_tokens(ours.render(CONVERSATION)) == list(want)
+    g.tokenizer.chat_template = ours
+    assert g.tokenizer.apply_chat_template(CONVERSATION) == list(want)
 
 
 def test_chat_generates_what_generate_ids_does_from_the_same_prompt(chat_dir):
     d, hf_tok = chat_dir
     hf_tok.chat_template = HEADERS
     g = gpt_jax.load(d)
-    assert g.chat_template is not None and g.chat_template.bos_token == "<|begin|>"
+    assert g.tokenizer.chat_template is not None and g.tokenizer.chat_template.bos_token == "<|begin|>"
     out = g.chat(CONVERSATION, max_new_tokens=8, seed=4, temperature=1.0)
     prompt = hf_tok.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True, return_dict=False)
     ids = g.generate_ids([list(prompt)], max_new_tokens=8, seed=4, temperature=1.0)
@@ -86,7 +88,8 @@ def test_chat_generates_what_generate_ids_does_from_the_same_prompt(chat_dir):
     two = g.chat([CONVERSATION, CONVERSATION[:1]], max_new_tokens=8, seed=4, temperature=1.0)
     assert two.token_ids[0] == out.token_ids[0]  # a row's tokens do not depend on its batch-mates
     again = gpt_jax.load(checkpoint.save(g, d.parent / "saved"))  # the template travels with a save
-    assert again.chat_template.source == HEADERS and again.chat(CONVERSATION, max_new_tokens=8, seed=4).token_ids
+    assert again.tokenizer.chat_template.source == HEADERS
+    assert again.chat(CONVERSATION, max_new_tokens=8, seed=4, temperature=1.0).token_ids == out.token_ids
 
 
 def test_bad_conversations_and_hostile_templates_are_typed_errors(chat_dir):
@@ -102,6 +105,6 @@ def test_bad_conversations_and_hostile_templates_are_typed_errors(chat_dir):
         ChatTemplate(escape).render(CONVERSATION)
     with pytest.raises(InputError, match="does not compile"):
         ChatTemplate("{% for %}")
-    bare = Generator(g.config, g.params, g.tokenizer)
+    g.tokenizer.chat_template = None  # as for a checkpoint without one
     with pytest.raises(TokenizerError, match="no chat template"):
-        bare.chat(CONVERSATION)
+        g.chat(CONVERSATION)
