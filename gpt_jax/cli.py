@@ -17,7 +17,7 @@ from gpt_jax.argparsing import OneLineParser
 from gpt_jax.compile_cache import enable_compile_cache
 from gpt_jax.errors import GptJaxError, InputError
 from gpt_jax.settings import GenerationSettings, repeat_rows
-from gpt_jax.tokenizer import check_text
+from gpt_jax.tokenizer import IncrementalDecoder, check_text
 from gpt_jax.train import TrainConfig
 
 EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_PIPE_CLOSED, EXIT_INTERRUPTED = 2, 1, 141, 130
@@ -71,7 +71,11 @@ def _parser() -> tuple[OneLineParser, dict]:
     s = sub.add_parser("score", help="perplexity of the model on a text file")
     s.add_argument("file")
     s.add_argument("--model", default=None)
-    return p, {"generate": g, "train": t, "score": s}
+    c = sub.add_parser("chat", help="talk with an instruct model through its chat template (/reset, /exit)")
+    c.add_argument("--model", default=None, help="model directory with a chat template")
+    c.add_argument("--system", default=None, help="a system message that starts the conversation")
+    add_dataclass_flags(c, GenerationSettings, only=lambda f: f.metadata["cli"] and f.name not in ("n", "stop"))
+    return p, {"generate": g, "train": t, "score": s, "chat": c}
 
 
 def _mesh(text: str | None):
@@ -116,6 +120,45 @@ def _generate(args) -> int:
     if args.seed is None:
         print(f"seed: {result.seed}", file=sys.stderr)
     _print_texts(repeat_rows(args.prompts, args.n), result, args.json)
+    return 0
+
+
+def _chat(args) -> int:
+    """Read user turns from stdin, stream each reply, keep the history; /reset clears it, /exit (or EOF) ends."""
+    import gpt_jax
+
+    gen = gpt_jax.load(args.model)
+    tok = gen.tokenizer
+    if tok is None or tok.chat_template is None:
+        raise InputError(f"{args.model or 'the bundled model'} has no chat template; use gpt-jax generate")
+    names = [
+        f.name for f in dataclasses.fields(GenerationSettings) if f.metadata["cli"] and f.name not in ("n", "stop")
+    ]
+    settings = GenerationSettings.of({name: getattr(args, name) for name in names}).with_seed()
+    if args.seed is None:
+        print(f"seed: {settings.seed}", file=sys.stderr)
+    start = [{"role": "system", "content": check_text(args.system, "--system")}] if args.system else []
+    history = list(start)
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if text.strip() == "/exit":
+            break
+        if text.strip() == "/reset":
+            history = list(start)
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": check_text(text, "message")})
+        ids = tok.apply_chat_template(history)
+        decoder, reply = IncrementalDecoder(tok, ids), ""
+        for token in gen.stream_ids(ids, **{name: getattr(settings, name) for name in names}):
+            piece = decoder.add([token])
+            reply += piece
+            print(piece, end="", flush=True)
+        tail = decoder.flush()
+        print(tail, flush=True)
+        history.append({"role": "assistant", "content": reply + tail})
     return 0
 
 
@@ -198,7 +241,7 @@ def _run(argv: list[str]) -> int:
     if extra:  # reported by the subcommand's parser, which knows its own flags
         subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     enable_compile_cache()  # a later run of the same shapes skips compilation (GPT_JAX_COMPILE_CACHE=off: never)
-    return {"generate": _generate, "train": _train, "score": _score}[args.command](args)
+    return {"generate": _generate, "train": _train, "score": _score, "chat": _chat}[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

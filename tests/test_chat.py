@@ -108,3 +108,25 @@ def test_bad_conversations_and_hostile_templates_are_typed_errors(chat_dir):
     g.tokenizer.chat_template = None  # as for a checkpoint without one
     with pytest.raises(TokenizerError, match="no chat template"):
         g.chat(CONVERSATION)
+
+
+def test_the_chat_command_streams_replies_keeps_history_and_resets(chat_dir, capsys, monkeypatch):
+    import io
+
+    from gpt_jax.cli import main
+
+    d, _ = chat_dir
+    g = gpt_jax.load(d)
+    turns = "Who is Romeo?\nAnd Juliet?\n/reset\nWho is Romeo?\n/exit\nnever read\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(turns))
+    kw = {"max_new_tokens": 6, "seed": 2, "temperature": 1.0}
+    code = main(["chat", "--model", str(d), "--max-new-tokens", "6", "--seed", "2", "--temperature", "1.0"])
+    out = capsys.readouterr()
+    assert code == 0 and "(conversation cleared)" in out.err
+    first = [{"role": "user", "content": "Who is Romeo?"}]
+    want = g.chat(first, **kw).texts[0]
+    second = first + [{"role": "assistant", "content": want}, {"role": "user", "content": "And Juliet?"}]
+    # the history is kept for the second turn; after /reset the same question gets the same reply
+    assert out.out == want + "\n" + g.chat(second, **kw).texts[0] + "\n" + want + "\n"
+    code = main(["chat"])  # the bundled model has no template
+    assert code == 2 and "has no chat template" in capsys.readouterr().err
