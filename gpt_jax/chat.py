@@ -17,6 +17,7 @@ import jinja2
 import jinja2.sandbox
 
 from gpt_jax.errors import CheckpointError, InputError, check
+from gpt_jax.json_files import read_json_object
 
 TEMPLATE_FILE, TOKENIZER_CONFIG = "chat_template.jinja", "tokenizer_config.json"
 
@@ -65,13 +66,7 @@ class ChatTemplate:
     def from_directory(cls, directory: Path) -> ChatTemplate | None:
         """The directory's template, or None when it has none."""
         config_path = directory / TOKENIZER_CONFIG
-        config = {}
-        if config_path.is_file():
-            try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{config_path}: not valid JSON: {e}") from None
-            check(isinstance(config, dict), CheckpointError, f"{config_path}: expected a JSON object")
+        config = read_json_object(config_path) if config_path.is_file() else {}
         source = config.get("chat_template")
         if (directory / TEMPLATE_FILE).is_file():
             source = (directory / TEMPLATE_FILE).read_text(encoding="utf-8")

@@ -36,7 +36,8 @@ WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def own_files(directory: Path) -> set[str]:
-    """The files a previous save wrote into `directory` (the standard ones plus the extras it recorded)."""
+    """The files a previous save wrote into `directory` (the standard ones plus the extras it recorded); the standard
+    ones alone when there is no readable checkpoint there."""
     try:
         extras = json.loads(safetensors_io.read_metadata(directory / WEIGHTS_FILE).get(EXTRA_FILES_KEY, "[]"))
     except (CheckpointError, OSError, json.JSONDecodeError):
@@ -70,7 +71,7 @@ def save(
     )
     target = as_path(directory)
     extras = check_extra_files(extra_files, OWN_FILES)
-    check_target(target, own_files(target) if target.is_dir() else OWN_FILES)
+    check_target(target, own_files(target))
     if format == "hf":
         config_dict, tensors = export_tensors(generator.config, generator.params)
     else:

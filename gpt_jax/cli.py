@@ -18,7 +18,8 @@ from gpt_jax.compile_cache import enable_compile_cache
 from gpt_jax.errors import GptJaxError, InputError
 from gpt_jax.settings import GenerationSettings, repeat_rows
 from gpt_jax.tokenizer import IncrementalDecoder, check_text
-from gpt_jax.train import TrainConfig
+from gpt_jax.json_files import read_json_object
+from gpt_jax.train import TrainConfig, read_text
 
 EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_PIPE_CLOSED, EXIT_INTERRUPTED = 2, 1, 141, 130
 
@@ -195,12 +196,7 @@ def _train(args) -> int:
 def read_json(path: Path, what: str):
     """A JSON file given on the command line, or an InputError naming it."""
     check_regular_file(path, what)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise InputError(f"{what} {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{what} {path}: not valid JSON: {e}") from None
+    return read_json_object(path, InputError, f"{what} {path}")
 
 
 def check_regular_file(path: Path, what: str) -> None:
@@ -218,10 +214,7 @@ def _score(args) -> int:
     path = Path(args.file)
     check_regular_file(path, "FILE")
     gen = gpt_jax.load(args.model)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path)
     if not text.strip():
         raise InputError(f"{path}: empty file")
     result = gen.score([text])

@@ -102,7 +102,8 @@ class Norm(nn.Module):
             y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         else:
             y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + cfg.norm_eps)
-            y = y * (cfg.norm_offset + scale.astype(jnp.float32))
+            scale = scale.astype(jnp.float32)
+            y = y * (scale + cfg.norm_offset if cfg.norm_offset else scale)  # Gemma: 1 + w
         return y.astype(x.dtype)
 
 

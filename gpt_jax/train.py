@@ -338,7 +338,7 @@ def train(
         f"seq_len={tc.seq_len} is more than the model's context (max_seq_len={config.max_seq_len})",
     )
     out_dir = as_path(out_dir, "out_dir")
-    check_target(out_dir, checkpoint.own_files(out_dir) if out_dir.is_dir() else checkpoint.OWN_FILES)
+    check_target(out_dir, checkpoint.own_files(out_dir))
     text = "".join(read_text(Path(f)) for f in text_files)
     if resume:
         check_resumable(out_dir)
