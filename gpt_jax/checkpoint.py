@@ -26,10 +26,20 @@ from gpt_jax.json_files import read_json_object
 from gpt_jax.model import param_shapes
 from gpt_jax.params import flatten, unflatten
 from gpt_jax.safe_write import as_path, atomic_directory, check_extra_files, check_target
+from gpt_jax.settings import GenerationSettings
 from gpt_jax.tokenizer_files import SENTENCEPIECE_FILE, load_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", SENTENCEPIECE_FILE
-OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, SENTENCEPIECE_FILE, "tokenizer.json", TEMPLATE_FILE, TOKENIZER_CONFIG)
+DEFAULTS_FILE = "generation_settings.json"  # the model's own default settings ({name: value}), when it has any
+OWN_FILES = (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    SENTENCEPIECE_FILE,
+    "tokenizer.json",
+    TEMPLATE_FILE,
+    TOKENIZER_CONFIG,
+    DEFAULTS_FILE,
+)
 EXTRA_FILES_KEY = "gpt_jax_extra_files"  # safetensors metadata: the extra files a save wrote (its own, too)
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shakespeare"
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
@@ -89,6 +99,8 @@ def save(
         if generator.tokenizer is not None and generator.tokenizer.chat_template is not None:
             for name, data in generator.tokenizer.chat_template.files().items():
                 (tmp / name).write_bytes(data)
+        if generator.defaults and format == "native":
+            (tmp / DEFAULTS_FILE).write_text(json.dumps(generator.defaults, indent=2) + "\n")
         for name, data in extras.items():
             (tmp / name).write_bytes(data)
     return target
@@ -154,4 +166,9 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
     check_layer_count(config, tensors, str(weights))
     check_tensors(tensors, param_shapes(config), str(weights))
     params = unflatten({k: jnp.asarray(v, dtype=config.dtype) for k, v in tensors.items()})
-    return Generator(config, params, load_tokenizer(directory, config), mesh)
+    defaults = read_json_object(directory / DEFAULTS_FILE) if (directory / DEFAULTS_FILE).is_file() else {}
+    try:
+        GenerationSettings.of(defaults)
+    except InputError as e:
+        raise CheckpointError(f"{directory / DEFAULTS_FILE}: {e}") from None
+    return Generator(config, params, load_tokenizer(directory, config), mesh, defaults)

@@ -7,6 +7,7 @@ The generate flags and their defaults come from `settings.GenerationSettings`, s
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -28,31 +29,36 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_dataclass_flags(parser, cls, only=lambda field: True) -> None:
-    """One flag per field of `cls`, with the field's own default and (where given) its help."""
+def add_dataclass_flags(parser, cls, only=lambda field: True, default=dataclasses.MISSING) -> None:
+    """One flag per field of `cls`, with the field's own default (or `default` for all) and its help, if any."""
     for f in dataclasses.fields(cls):
         if not only(f):
             continue
         help_text = f.metadata.get("help")
         kind = f.metadata.get("kind") or type(f.default)
+        value = f.default if default is dataclasses.MISSING else default
         if f.default is False:
-            parser.add_argument(flag(f.name), action="store_true", help=help_text)
+            parser.add_argument(flag(f.name), action="store_true", default=value, help=help_text)
         elif f.name == "stop":
-            parser.add_argument(flag(f.name), action="append", default=f.default, help=help_text)
-        elif f.default is None:
-            parser.add_argument(flag(f.name), type=int, default=None, help=help_text)
+            parser.add_argument(flag(f.name), action="append", default=value, help=help_text)
         else:
-            parser.add_argument(flag(f.name), type=kind, default=f.default, help=help_text)
+            parser.add_argument(flag(f.name), type=int if f.default is None else kind, default=value, help=help_text)
 
 
-def _parser() -> tuple[OneLineParser, dict]:
+def _parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
+    """The parser and its subcommand parsers; `defaults` replaces every generation flag's default."""
     p = OneLineParser(prog="gpt-jax", description="Text generation with a pure JAX/Flax GPT.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    g = sub.add_parser("generate", help="continue one or more prompts")
+    g = sub.add_parser(
+        "generate",
+        help="continue one or more prompts",
+        description="Sampling settings not given here take the model directory's own (its generation_config.json), "
+        "where it has them, else the defaults shown.",
+    )
     g.add_argument("prompts", nargs="+", metavar="PROMPT")
     g.add_argument("--model", default=None, help="model directory (default: the bundled Shakespeare model)")
-    add_dataclass_flags(g, GenerationSettings, only=lambda f: f.metadata["cli"])
+    add_dataclass_flags(g, GenerationSettings, lambda f: f.metadata["cli"], defaults)
     g.add_argument("--json", action="store_true", help="print one JSON object per sample")
     g.add_argument("--distributed", action="store_true", help="multi-host: jax.distributed, results on host 0")
     g.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
@@ -75,7 +81,7 @@ def _parser() -> tuple[OneLineParser, dict]:
     c = sub.add_parser("chat", help="talk with an instruct model through its chat template (/reset, /exit)")
     c.add_argument("--model", default=None, help="model directory with a chat template")
     c.add_argument("--system", default=None, help="a system message that starts the conversation")
-    add_dataclass_flags(c, GenerationSettings, only=lambda f: f.metadata["cli"] and f.name not in ("n", "stop"))
+    add_dataclass_flags(c, GenerationSettings, lambda f: f.metadata["cli"] and f.name not in ("n", "stop"), defaults)
     return p, {"generate": g, "train": t, "score": s, "chat": c}
 
 
@@ -91,7 +97,7 @@ def _generate(args) -> int:
     import gpt_jax
 
     names = [f.name for f in dataclasses.fields(GenerationSettings) if f.metadata["cli"]]
-    settings = {name: getattr(args, name) for name in names}
+    settings = {name: getattr(args, name) for name in names if name in args.given}
     for prompt in args.prompts:
         check_text(prompt, "PROMPT")
     if args.distributed:
@@ -107,7 +113,7 @@ def _generate(args) -> int:
     if args.stream:
         if args.n != 1:
             raise InputError("--stream prints one sample per prompt: use --n 1")
-        seed = GenerationSettings.of(settings).with_seed().seed
+        seed = GenerationSettings.of(settings, gen.defaults).with_seed().seed
         if args.seed is None:
             print(f"seed: {seed}", file=sys.stderr)
         for i, prompt in enumerate(args.prompts):
@@ -135,7 +141,8 @@ def _chat(args) -> int:
     names = [
         f.name for f in dataclasses.fields(GenerationSettings) if f.metadata["cli"] and f.name not in ("n", "stop")
     ]
-    settings = GenerationSettings.of({name: getattr(args, name) for name in names}).with_seed()
+    given = {name: getattr(args, name) for name in names if name in args.given}
+    settings = GenerationSettings.of(given, gen.defaults).with_seed()
     if args.seed is None:
         print(f"seed: {settings.seed}", file=sys.stderr)
     start = [{"role": "system", "content": check_text(args.system, "--system")}] if args.system else []
@@ -233,6 +240,9 @@ def _run(argv: list[str]) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the subcommand's parser, which knows its own flags
         subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("generate", "chat"):  # the settings the user gave; the checkpoint's own defaults fill the rest
+        explicit = _parser(defaults=argparse.SUPPRESS)[1][args.command]  # flags without defaults: only the given
+        args.given = set(vars(explicit.parse_known_args(argv[1:])[0]))
     enable_compile_cache()  # a later run of the same shapes skips compilation (GPT_JAX_COMPILE_CACHE=off: never)
     return {"generate": _generate, "train": _train, "score": _score, "chat": _chat}[args.command](args)
 

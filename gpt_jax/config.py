@@ -47,6 +47,9 @@ class ModelConfig:
     position: str = "rope"
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling = RopeScaling()  # context extension of the rotary frequencies (rope.py)
+    local_rope_theta: float = 0.0  # sliding layers' own rotary base, with local_rope_scaling (Gemma 3); 0: none
+    local_rope_scaling: RopeScaling = RopeScaling()
+    rotary_dim: int = 0  # rotate the first rotary_dim dims of each head, pass the rest (Phi-3's partial factor); 0: H
     mlp: str = "swiglu"
     activation: str = "silu"
     tie_embeddings: bool = False
@@ -62,6 +65,8 @@ class ModelConfig:
     sliding_window: int = 0  # W: a sliding layer attends to the last W positions only; 0: no window
     layer_types: tuple[str, ...] = ()  # "full" or "sliding" per layer; empty: every layer sliding when W > 0
     mlp_bias: bool = False
+    n_experts: int = 0  # E: a sparse mixture of experts replaces each MLP (Mixtral); 0: dense MLP
+    experts_per_token: int = 0  # k: each token runs through its k most probable experts
     bos_id: int = 1  # -1: none
     eos_ids: tuple[int, ...] = (2,)
     pad_id: int = 0
@@ -122,6 +127,7 @@ class ModelConfig:
                 ConfigError,
                 f"{name} must be a finite number >= 0 (0: off), got {value!r}",
             )
+        _check_experts_and_rotary(self)
         for name in ("norm_eps", "rope_theta"):
             value = getattr(self, name)
             check(
@@ -161,6 +167,12 @@ class ModelConfig:
                 f"eos_ids must hold ids in [0, vocab_size={self.vocab_size}), got {e}",
             )
 
+    def rope_for(self, layer: int) -> tuple[float, RopeScaling]:
+        """(theta, scaling) of `layer`'s rotary embedding: Gemma 3's sliding layers have their own."""
+        if self.local_rope_theta and self.is_sliding(layer):
+            return self.local_rope_theta, self.local_rope_scaling
+        return self.rope_theta, self.rope_scaling
+
     def is_sliding(self, layer: int) -> bool:
         """Whether `layer` attends to the last `sliding_window` positions only."""
         if self.sliding_window == 0:
@@ -178,7 +190,7 @@ class ModelConfig:
             attn += d
         if self.qk_norm:
             attn += 2 * h
-        mlp = d * f * (3 if self.mlp == "swiglu" else 2)
+        mlp = d * f * (3 if self.mlp == "swiglu" else 2) * max(self.n_experts, 1) + d * self.n_experts
         if self.mlp_bias:
             mlp += f * (2 if self.mlp == "swiglu" else 1) + d
         norm = d * (2 if self.norm == "layernorm" else 1)
@@ -216,13 +228,13 @@ class ModelConfig:
         for name, value in data.items():
             default = fields[name].default
             expected = type(default) if default is not dataclasses.MISSING else int
-            if name == "rope_scaling":
-                check(isinstance(value, dict), ConfigError, f"{source}: rope_scaling must be an object, got {value!r}")
+            if name in ("rope_scaling", "local_rope_scaling"):
+                check(isinstance(value, dict), ConfigError, f"{source}: {name} must be an object, got {value!r}")
                 known = {f.name for f in dataclasses.fields(RopeScaling)}
                 check(
                     set(value) <= known,
                     ConfigError,
-                    f"{source}: unknown rope_scaling keys {sorted(set(value) - known)}; allowed: {sorted(known)}",
+                    f"{source}: unknown {name} keys {sorted(set(value) - known)}; allowed: {sorted(known)}",
                 )
                 value = RopeScaling(**value)
             elif name == "layer_types":
@@ -253,6 +265,39 @@ class ModelConfig:
             return base.replace(**kwargs) if base is not None else cls(**kwargs)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+
+
+def _check_experts_and_rotary(self: ModelConfig) -> None:
+    """The mixture-of-experts and rotary fields (Mixtral, Phi-3, Gemma 3) of a config."""
+    for name in ("n_experts", "experts_per_token", "rotary_dim"):
+        value = getattr(self, name)
+        check(
+            type(value) is int and 0 <= value <= 4096,
+            ConfigError,
+            f"{name} must be an integer in [0, 4096] (0: off), got {value!r}",
+        )
+    check(
+        (self.n_experts == 0) == (self.experts_per_token == 0) and self.experts_per_token <= self.n_experts,
+        ConfigError,
+        f"experts_per_token={self.experts_per_token} must be in [1, n_experts={self.n_experts}] with experts, "
+        "and 0 without",
+    )
+    check(
+        self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
+        ConfigError,
+        f"rotary_dim must be even and at most head_dim={self.head_dim} (0: all of it), got {self.rotary_dim}",
+    )
+    check(
+        not self.n_experts or (self.mlp == "swiglu" and not self.mlp_bias),
+        ConfigError,
+        "experts are gated MLPs without biases (mlp='swiglu', mlp_bias=False)",
+    )
+    theta = self.local_rope_theta
+    check(
+        isinstance(theta, (int, float)) and not isinstance(theta, bool) and math.isfinite(theta) and theta >= 0,
+        ConfigError,
+        f"local_rope_theta must be a finite number >= 0 (0: sliding layers use rope_theta), got {theta!r}",
+    )
 
 
 GPT2_SMALL = ModelConfig(

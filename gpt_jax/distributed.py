@@ -70,7 +70,7 @@ def generate(gen: Generator, prompts: Sequence[str], **overrides) -> GenerationR
     """Every host calls this with the same prompts and settings; host 0 gets the whole result, others None."""
     from jax.experimental import multihost_utils
 
-    settings = GenerationSettings.of(overrides)
+    settings = GenerationSettings.of(overrides, gen.defaults)
     check(
         isinstance(prompts, (list, tuple)) and len(prompts) > 0,
         InputError,

@@ -42,18 +42,20 @@ class GenerationResult:
 
 
 class Generator:
-    """A model (config + params) with its tokenizer, and the compiled programs of the pipeline.
+    """A model (config + params) with its tokenizer and the compiled programs of the pipeline; every generation call
+    takes the settings of `settings.GenerationSettings` as keyword arguments."""
 
-    Every generation call takes the settings of `settings.GenerationSettings` as keyword arguments.
-    """
-
-    def __init__(self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None):
+    def __init__(
+        self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None, defaults=None
+    ):
         """`mesh`: a jax.sharding.Mesh with axes ("data", "model"), Auto or Explicit; params are placed by the
-        `sharding` rules."""
+        `sharding` rules. `defaults`: the checkpoint's own settings ({name: value}), used where a call sets none."""
         if mesh is not None:
             mesh = sharding.auto_axes(mesh)
             params = sharding.shard_params(config, params, mesh)
         self.config, self.params, self.tokenizer, self.mesh = config, params, tokenizer, mesh
+        self.defaults = dict(defaults or {})
+        GenerationSettings.of(self.defaults)  # an unknown name is refused here, not at the first call
         self.programs = CompiledPrograms(config, mesh)
 
     @property
@@ -84,7 +86,7 @@ class Generator:
         """
         inputs = {name: info.inputs for name, info in weight_infos(self.config).items()}
         params = jax.jit(lambda p: quantize_params(p, inputs, activations))(self.params)
-        return Generator(self.config, params, self.tokenizer, self.mesh)
+        return Generator(self.config, params, self.tokenizer, self.mesh, self.defaults)
 
     def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
         """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis); a decode
@@ -99,7 +101,7 @@ class Generator:
 
         Row r samples its t-th token with key fold_in(fold_in(key(seed), row_seeds[r]), t).
         """
-        s = GenerationSettings.of(settings)
+        s = GenerationSettings.of(settings, self.defaults)
         check(s.stop is None, InputError, "stop strings need text prompts: use generate/stream, or give stop_ids")
         return self._generate_ids(prompts, s)
 
@@ -127,7 +129,7 @@ class Generator:
         Same settings, keys and compiled step as `generate_ids`, so the ids are those `generate_ids` returns.
         Settings are checked here, before the first id is asked for.
         """
-        s = GenerationSettings.of(settings)
+        s = GenerationSettings.of(settings, self.defaults)
         check(s.stop is None, InputError, "stop strings need a text prompt: use stream, or give stop_ids")
         return self._stream_ids(self._prepare_stream([prompt], s))
 
@@ -158,7 +160,7 @@ class Generator:
             InputError,
             "prompts must be a string or a non-empty list of strings",
         )
-        s = GenerationSettings.of(settings).with_seed()
+        s = GenerationSettings.of(settings, self.defaults).with_seed()
         return self._generate_text([self._encode_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)], s)
 
     def chat(self, conversations, **settings) -> GenerationResult:
@@ -175,7 +177,7 @@ class Generator:
             InputError,
             "conversations must be a list of messages, or a non-empty list of such lists",
         )
-        s = GenerationSettings.of(settings).with_seed()
+        s = GenerationSettings.of(settings, self.defaults).with_seed()
         ids = [tok.apply_chat_template(c) for c in conversations]
         return self._generate_text(ids, s)
 
@@ -199,7 +201,7 @@ class Generator:
         start of a stop string is held back until it is known not to be one. Settings are checked here.
         """
         tok = self._require_tokenizer()
-        s = GenerationSettings.of(settings).with_seed()
+        s = GenerationSettings.of(settings, self.defaults).with_seed()
         ids = self._encode_prompt(prompt, "prompt")
         stops = stop_strings(s.stop)
         prep = self._prepare_stream([ids], self._with_stop_ids(s, stops))

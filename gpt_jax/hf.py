@@ -1,8 +1,10 @@
-"""Hugging Face checkpoint directories (GPT-2, Llama 1-3, Mistral, Qwen 2/3, Gemma 1/2, Phi-3) imported into gpt_jax.
+"""Hugging Face checkpoint directories (GPT-2, Llama 1-3, Mistral, Mixtral, Qwen 2/3, Gemma 1-3, Phi-3) imported
+into gpt_jax.
 
-Every config field that changes the computation is mapped or rejected with a clear error. Weights are converted one
-tensor at a time from memory-mapped safetensors files, and each tensor's mapped pages are released once converted,
-so peak host memory stays near the size of the converted parameters.
+`hf_config.py` maps every config field that changes the computation or rejects it with a clear error. Weights are
+converted one tensor at a time from memory-mapped safetensors files (a Mixtral layer's experts one stack at a time),
+and each tensor's mapped pages are released once converted, so peak host memory stays near the size of the
+converted parameters.
 
 Weight names and layouts are in `hf_names.py`, shared with the export.
 """
@@ -15,231 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import safetensors_io
-from gpt_jax.config import ModelConfig
-from gpt_jax.errors import CheckpointError, ConfigError, check
+from gpt_jax.errors import CheckpointError, check
 from gpt_jax.generate import Generator
+from gpt_jax.hf_config import config_from_hf, generation_defaults
 from gpt_jax.hf_names import gpt2_mapping, gpt2_split, llama_mapping
+from gpt_jax.json_files import read_json_object
 from gpt_jax.model import param_shapes
 from gpt_jax.params import unflatten
-from gpt_jax.rope import RopeScaling
-from gpt_jax.json_files import read_json_object
 from gpt_jax.tokenizer_files import load_tokenizer
-
-SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
-ACTIVATIONS = {  # the MLP activations each family's checkpoints name, and ours
-    "gemma": {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_tanh"},  # "gelu" is Gemma 1's legacy name for tanh
-    "gemma2": {"gelu_pytorch_tanh": "gelu_tanh"},
-}
-GPT2_ACTIVATIONS = {
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu": "gelu",
-    "relu": "relu",
-    "gelu_fast": "gelu_tanh",
-}
-
-
-class _Fields:
-    """Typed reads of a config dict: a field of the wrong type is a CheckpointError naming the file and the field."""
-
-    def __init__(self, raw: dict, source: str):
-        self.raw, self.source = raw, source
-
-    def get(self, name: str, kinds: tuple[type, ...], default=None, required: bool = False):
-        if name not in self.raw or self.raw[name] is None:
-            check(not required, CheckpointError, f"{self.source}: missing field {name!r}")
-            return default
-        value = self.raw[name]
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        names = " or ".join(k.__name__ for k in kinds)
-        check(ok, CheckpointError, f"{self.source}: field {name!r} must be {names}, got {str(value)[:80]!r}")
-        return value
-
-    def int(self, name: str, default=None, required: bool = False) -> int:
-        return self.get(name, (int,), default, required)
-
-    def float(self, name: str, default: float) -> float:
-        return float(self.get(name, (int, float), default))
-
-    def ids(self, name: str) -> tuple[int, ...]:
-        """A token id or a list of them (e.g. eos_token_id)."""
-        value = self.get(name, (int, list), ())
-        value = [value] if isinstance(value, int) else value
-        check(
-            all(isinstance(v, int) and not isinstance(v, bool) for v in value),
-            CheckpointError,
-            f"{self.source}: field {name!r} must be a token id or a list of token ids, got {str(value)[:80]!r}",
-        )
-        return tuple(value)
-
-
-ROPE_KEYS = {  # the rope-parameter keys each type reads; any other key that changes the math is refused by name
-    "default": set(),
-    "linear": {"factor"},
-    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
-    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor", "truncate"},
-}
-ROPE_IGNORED = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}  # the last is checked on its own
-
-
-def _rope(f: _Fields) -> tuple[float, RopeScaling]:
-    """(theta, scaling) from either form: transformers 5's `rope_parameters`, or `rope_theta` + `rope_scaling`."""
-    rope = f.get("rope_parameters", (dict,)) or f.get("rope_scaling", (dict,)) or {}
-    r = _Fields(rope, f"{f.source} (rope parameters)")
-    kind = r.get("rope_type", (str,)) or r.get("type", (str,), "default")
-    check(
-        kind in ROPE_KEYS,
-        ConfigError,
-        f"{f.source}: rope scaling type {kind!r} is not supported (supported: {sorted(ROPE_KEYS)})",
-    )
-    unknown = sorted(set(rope) - ROPE_KEYS[kind] - ROPE_IGNORED)
-    check(not unknown, ConfigError, f"{f.source}: rope parameters {unknown} are not supported for type {kind!r}")
-    check(
-        r.float("partial_rotary_factor", f.float("partial_rotary_factor", 1.0)) == 1.0,
-        ConfigError,
-        f"{f.source}: partial_rotary_factor != 1 is not supported",
-    )
-    theta = r.float("rope_theta", 0.0) or f.float("rope_theta", 10000.0)
-    if kind == "default":
-        return theta, RopeScaling()
-    defaults = RopeScaling()
-    return theta, RopeScaling(
-        type=kind,
-        factor=r.float("factor", 1.0),
-        original_context=r.int("original_max_position_embeddings", f.int("max_position_embeddings", 2048)),
-        low_freq_factor=r.float("low_freq_factor", defaults.low_freq_factor),
-        high_freq_factor=r.float("high_freq_factor", defaults.high_freq_factor),
-        beta_fast=r.float("beta_fast", defaults.beta_fast),
-        beta_slow=r.float("beta_slow", defaults.beta_slow),
-        attention_factor=r.float("attention_factor", 0.0),
-        truncate=r.get("truncate", (bool,), True),
-    )
-
-
-LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
-
-
-def _sliding_layers(f: _Fields, kind: str) -> tuple[int, tuple[str, ...]]:
-    """(window, per-layer types). Mistral: every layer sliding when `sliding_window` is set. Qwen 2/3: only with
-    `use_sliding_window`, from `layer_types` (transformers 5) or layers from `max_window_layers` on. Gemma 2: from
-    `layer_types`, or every other layer from the first."""
-    if kind in ("llama", "gemma"):
-        return 0, ()
-    if kind in ("mistral", "phi3"):
-        return f.int("sliding_window") or 0, ()
-    if kind in ("qwen2", "qwen3") and not f.get("use_sliding_window", (bool,), False):
-        return 0, ()
-    window, n = f.int("sliding_window", required=True), f.int("num_hidden_layers", required=True)
-    names = f.get("layer_types", (list,))
-    if names is None and kind == "gemma2":  # layers 0, 2, 4, ... slide
-        return window, tuple("sliding" if i % 2 == 0 else "full" for i in range(n))
-    if names is None:
-        first = f.int("max_window_layers", n)
-        return window, tuple("sliding" if i >= first else "full" for i in range(n))
-    check(
-        all(name in LAYER_TYPES for name in names),
-        ConfigError,
-        f"{f.source}: layer_types {sorted(set(map(str, names)) - set(LAYER_TYPES))} are not supported",
-    )
-    return window, tuple(LAYER_TYPES[name] for name in names)
-
-
-def config_from_hf(raw: dict, generation: dict | None = None, source: str = "config.json") -> ModelConfig:
-    """A `ModelConfig` equivalent to a Hugging Face config dict (plus generation_config.json, if any)."""
-    kind = raw.get("model_type")
-    check(kind in SUPPORTED, CheckpointError, f"{source}: unsupported model_type {kind!r}; supported: {SUPPORTED}")
-    f, g = _Fields(raw, source), _Fields(generation or {}, f"{source} (generation_config.json)")
-    bos = g.int("bos_token_id", f.int("bos_token_id"))
-    eos = g.ids("eos_token_id") or f.ids("eos_token_id")
-    pad = f.int("pad_token_id")
-    try:
-        if kind == "gpt2":
-            act = f.get("activation_function", (str,), "gelu_new")
-            check(act in GPT2_ACTIVATIONS, ConfigError, f"{source}: activation_function {act!r} is not supported")
-            check(
-                not f.get("scale_attn_by_inverse_layer_idx", (bool,), False),
-                ConfigError,
-                f"{source}: scale_attn_by_inverse_layer_idx=true is not supported",
-            )
-            check(
-                f.get("scale_attn_weights", (bool,), True),
-                ConfigError,
-                f"{source}: scale_attn_weights=false is not supported",
-            )
-            d = f.int("n_embd", required=True)
-            eos = eos or (50256,)
-            return ModelConfig(
-                vocab_size=f.int("vocab_size", required=True),
-                d_model=d,
-                n_layers=f.int("n_layer", required=True),
-                n_heads=f.int("n_head", required=True),
-                mlp_dim=f.int("n_inner") or 4 * d,
-                max_seq_len=f.int("n_positions", required=True),
-                norm="layernorm",
-                norm_eps=f.float("layer_norm_epsilon", 1e-5),
-                position="learned",
-                mlp="gelu",
-                activation=GPT2_ACTIVATIONS[act],
-                tie_embeddings=f.get("tie_word_embeddings", (bool,), True),
-                attn_bias=True,
-                mlp_bias=True,
-                bos_id=-1 if bos is None else bos,
-                eos_ids=eos,
-                pad_id=pad if pad is not None else eos[0],
-                add_bos=False,
-            )
-        acts = ACTIVATIONS.get(kind, {"silu": "silu"})
-        act = f.get("hidden_activation", (str,)) or f.get("hidden_act", (str,), next(iter(acts)))
-        check(act in acts, ConfigError, f"{source}: hidden activation {act!r} is not supported ({sorted(acts)})")
-        check(
-            not f.get("use_bidirectional_attention", (bool,), False),
-            ConfigError,
-            f"{source}: use_bidirectional_attention=true is not supported",
-        )
-        gemma, gemma2 = kind in ("gemma", "gemma2"), kind == "gemma2"
-        max_len = f.int("max_position_embeddings", 2048)
-        window, layer_types = _sliding_layers(f, kind)
-        n_heads = f.int("num_attention_heads", required=True)
-        d = f.int("hidden_size", required=True)
-        eos = eos or (2,)
-        theta, scaling = _rope(f)
-        qwen = kind in ("qwen2", "qwen3")
-        return ModelConfig(
-            vocab_size=f.int("vocab_size", required=True),
-            d_model=d,
-            n_layers=f.int("num_hidden_layers", required=True),
-            n_heads=n_heads,
-            n_kv_heads=f.int("num_key_value_heads") or n_heads,
-            head_dim=f.int("head_dim") or (d // n_heads if n_heads > 0 else 0),
-            mlp_dim=f.int("intermediate_size", required=True),
-            max_seq_len=max_len,
-            norm="rmsnorm",
-            norm_eps=f.float("rms_norm_eps", 1e-6),
-            position="rope",
-            rope_theta=theta,
-            rope_scaling=scaling,
-            mlp="swiglu",  # gated: act(gate) * up, GeGLU with Gemma's tanh GELU
-            activation=acts[act],
-            tie_embeddings=f.get("tie_word_embeddings", (bool,), gemma),
-            attn_bias=f.get("attention_bias", (bool,), False),
-            qkv_bias=kind == "qwen2",  # Qwen 2 has biases on q, k and v, none on the output projection
-            qk_norm=kind == "qwen3",  # Qwen 3 normalizes each query and key head
-            norm_offset=1.0 if gemma else 0.0,
-            embed_scale=gemma,
-            post_norms=gemma2,
-            attn_scalar=float(f.float("query_pre_attn_scalar", 0.0)) if gemma2 else 0.0,
-            attn_softcap=f.float("attn_logit_softcapping", 0.0) if gemma2 else 0.0,
-            final_softcap=f.float("final_logit_softcapping", 0.0) if gemma2 else 0.0,
-            sliding_window=window,
-            layer_types=layer_types,
-            mlp_bias=f.get("mlp_bias", (bool,), False),
-            bos_id=-1 if bos is None else bos,
-            eos_ids=eos,
-            pad_id=pad if pad is not None and pad >= 0 else eos[0],
-            add_bos=bos is not None and not qwen,  # Qwen's tokenizers prepend nothing
-        )
-    except ConfigError as e:
-        raise CheckpointError(str(e)) from None
 
 
 class _WeightFiles:
@@ -300,7 +85,7 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
     mapping = (
         llama_mapping(config, fused=raw["model_type"] == "phi3") if config.position == "rope" else gpt2_mapping(config)
     )
-    needed = {hf for hf, _, _ in mapping.values()}
+    needed = {name for hf, _, _ in mapping.values() for name in ((hf,) if isinstance(hf, str) else hf)}
     if config.position == "learned":
         needed |= {f"transformer.h.{i}.attn.c_attn.{p}" for i in range(config.n_layers) for p in ("weight", "bias")}
     missing = sorted(needed - set(present))
@@ -313,6 +98,9 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
     def take(hf_name: str) -> np.ndarray:
         actual = present[hf_name]
         return files.where[actual].get(actual)
+
+    def release(hf_name: str) -> None:
+        files.where[present[hf_name]].release(present[hf_name])
 
     def put(ours: str, array: np.ndarray, hf_name: str) -> None:
         want = tuple(expected[ours].shape)
@@ -328,17 +116,20 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
         )
         flat[ours] = jnp.asarray(np.asarray(array, dtype=np.float32) if array.dtype != target else array, dtype=target)
 
-    for ours, (hf_name, to_ours, _) in mapping.items():
-        w = take(hf_name)
+    for ours, (hf_names, to_ours, _) in mapping.items():
+        names = (hf_names,) if isinstance(hf_names, str) else hf_names  # several: stacked (experts)
+        label = names[0] if len(names) == 1 else f"{names[0]} (and the other {len(names) - 1} experts)"
         try:
-            converted = to_ours(w, config)
+            converted = to_ours(np.stack([take(n) for n in names]) if len(names) > 1 else take(names[0]), config)
         except ValueError:
             raise CheckpointError(
-                f"{directory}: weight {hf_name!r} has shape {tuple(w.shape)}, which does not fit "
+                f"{directory}: weight {label!r} has shape {tuple(take(names[0]).shape)}, which does not fit "
                 f"{ours!r} {tuple(expected[ours].shape)}"
             ) from None
-        put(ours, converted, hf_name)
-        files.where[present[hf_name]].release(present[hf_name])
+        put(ours, converted, label)
+        del converted
+        for name in names:
+            release(name)
     if config.position == "learned":
         for i in range(config.n_layers):
             for p in ("weight", "bias"):
@@ -352,6 +143,7 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
                 )
                 for ours, part in gpt2_split(name, w, config).items():
                     put(ours, part, name)
-                files.where[present[name]].release(present[name])
+                release(name)
     tokenizer = load_tokenizer(directory, config, exact=False)
-    return Generator(config, unflatten(flat), tokenizer, mesh)
+    defaults = generation_defaults(generation, str(gen_path))
+    return Generator(config, unflatten(flat), tokenizer, mesh, defaults)

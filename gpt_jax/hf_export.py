@@ -47,7 +47,8 @@ def hf_config(config: ModelConfig) -> dict:
         is_gpt2_like(config),
         CheckpointError,
         "format='hf' needs a Llama-style (rmsnorm, rope, swiglu, silu; no q/k norms, no q/k/v-only biases, "
-        "unscaled rotary, no sliding window) or GPT-2-style (layernorm, learned positions, gelu MLP, biases) config",
+        "whole-head unscaled rotary, no sliding window, no experts) or GPT-2-style (layernorm, learned positions, "
+        "gelu MLP, biases) config",
     )
     check(config.tie_embeddings, CheckpointError, "format='hf' for GPT-2 style needs tied embeddings")
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
@@ -71,6 +72,7 @@ def is_llama_like(config: ModelConfig) -> bool:
         (config.norm, config.position, config.mlp, config.activation) == ("rmsnorm", "rope", "swiglu", "silu")
         and not (config.qkv_bias or config.qk_norm)
         and config.rope_scaling.type == "default"
+        and not (config.local_rope_theta or config.rotary_dim or config.n_experts)
         and config.sliding_window == 0
         and not (config.norm_offset or config.embed_scale or config.post_norms)
         and not (config.attn_scalar or config.attn_softcap or config.final_softcap)

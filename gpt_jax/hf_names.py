@@ -14,7 +14,8 @@ import numpy as np
 
 from gpt_jax.config import ModelConfig
 
-# Each entry: our flat name -> (hf name, to_ours(array, cfg), to_hf(array, cfg)).
+# Each entry: our flat name -> (hf name, to_ours(array, cfg), to_hf(array, cfg)); a tuple of hf names is stacked
+# along a new first axis before to_ours (Mixtral's experts), and import-only entries have no to_hf.
 Mapping = dict[str, tuple[str, Callable, Callable]]
 
 
@@ -72,6 +73,16 @@ def _fused_phi3(m: Mapping, hf: str, us: str, cfg: ModelConfig) -> None:
         m[us + f"mlp.{ours}_kernel"] = (hf + "mlp.gate_up_proj.weight", *_rows(first, last, lambda w, c: w.T))
 
 
+def _experts(m: Mapping, hf: str, us: str, cfg: ModelConfig) -> None:
+    """Mixtral: the router gate [E, D] and each expert's w1 (gate) and w3 (up) [F, D] and w2 (down) [D, F], stacked
+    into [E, D, F] / [E, F, D] kernels."""
+    moe = hf + "block_sparse_moe."
+    m[us + "mlp.router"] = (moe + "gate.weight", *_transpose())
+    for ours, theirs in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
+        names = tuple(f"{moe}experts.{e}.{theirs}.weight" for e in range(cfg.n_experts))
+        m[us + f"mlp.{ours}_kernel"] = (names, lambda w, c: w.transpose(0, 2, 1), None)
+
+
 def llama_mapping(cfg: ModelConfig, fused: bool = False) -> Mapping:
     """Llama-layout names (Mistral, Qwen, Gemma share them); `fused`: Phi-3's fused projections."""
     n, k = (lambda c: c.n_heads), (lambda c: c.n_kv_heads)
@@ -98,7 +109,9 @@ def llama_mapping(cfg: ModelConfig, fused: bool = False) -> Mapping:
         m[us + "attn.o_kernel"] = (hf + "self_attn.o_proj.weight", *_linear_out())
         if cfg.attn_bias:
             m[us + "attn.o_bias"] = (hf + "self_attn.o_proj.bias", _same, _same)
-        for ours in ("down",) if fused else ("gate", "up", "down"):
+        if cfg.n_experts:
+            _experts(m, hf, us, cfg)
+        for ours in () if cfg.n_experts else ("down",) if fused else ("gate", "up", "down"):
             m[us + f"mlp.{ours}_kernel"] = (hf + f"mlp.{ours}_proj.weight", *_transpose())
             if cfg.mlp_bias:
                 m[us + f"mlp.{ours}_bias"] = (hf + f"mlp.{ours}_proj.bias", _same, _same)

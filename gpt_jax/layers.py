@@ -21,11 +21,11 @@ from gpt_jax.errors import ConfigError
 from gpt_jax.kv_cache import cache_layout
 from gpt_jax.numerics import MASK_VALUE
 from gpt_jax.quantize import Int8Kernel, contract
-from gpt_jax.rope import inverse_frequencies
+from gpt_jax.rope import dynamic_frequencies, inverse_frequencies
 
 init_weight = nn.initializers.normal(0.02)
 # Logical axis names of the weights: sharding maps them onto mesh axes (sharding.RULES).
-VOCAB, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP_WIDTH, POSITION = (
+VOCAB, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP_WIDTH, POSITION, EXPERT = (
     "vocab",
     "embed",
     "heads",
@@ -33,6 +33,7 @@ VOCAB, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP_WIDTH, POSITION = (
     "head_dim",
     "mlp",
     "position",
+    "expert",
 )
 
 
@@ -107,14 +108,20 @@ class Norm(nn.Module):
         return y.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, config: ModelConfig) -> jax.Array:
-    """Rotary embedding in the half-split layout Hugging Face uses. x: [B, T, N, H], positions: [B, T]."""
-    inv_freq, scale = inverse_frequencies(x.shape[-1], config.rope_theta, config.rope_scaling)  # [H/2], host
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
+def rope(x: jax.Array, positions: jax.Array, config: ModelConfig, layer: int) -> jax.Array:
+    """Rotary embedding of `layer` in the half-split layout Hugging Face uses, over the first `rotary_dim` dims of
+    each head (the rest pass as they are). x: [B, T, N, H], positions: [B, T]."""
+    theta, scaling = config.rope_for(layer)
+    r = config.rotary_dim or x.shape[-1]
+    inv_freq, scale = inverse_frequencies(r, theta, scaling)  # [R/2], host
+    if scaling.type == "dynamic":
+        inv_freq = dynamic_frequencies(r, theta, scaling, positions)  # [B, 1, R/2]
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, R/2]
     cos = (jnp.cos(angles) * scale)[:, :, None, :]
     sin = (jnp.sin(angles) * scale)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32[..., :r], 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x32[..., r:]], axis=-1)
     return out.astype(x.dtype)
 
 
@@ -148,7 +155,7 @@ class Attention(nn.Module):
 
         q, key, value = proj("q", n, HEADS), proj("k", k, KV_HEADS), proj("v", k, KV_HEADS)  # [B, T, N|K, H]
         if cfg.position == "rope":
-            q, key = rope(q, positions, cfg), rope(key, positions, cfg)
+            q, key = rope(q, positions, cfg, self.layer), rope(key, positions, cfg, self.layer)
         b, t = q.shape[:2]
         if cache is not None:
             cache, key, value = cache.write(self.layer, key, value)  # [B*K, H, S], [B*K, S, H]
@@ -196,28 +203,6 @@ class MLP(nn.Module):
             hidden = act(dense("up", x, (EMBED, MLP_WIDTH)))
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
         return dense("down", hidden, (MLP_WIDTH, EMBED), out_init)
-
-
-class Block(nn.Module):
-    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x)); with `post_norms` each branch is normed
-    again before its residual add (Gemma 2)."""
-
-    config: ModelConfig
-    layer: int
-
-    @nn.compact
-    def __call__(self, x, positions, mask, cache):
-        cfg = self.config
-        attn_out, cache = Attention(cfg, self.layer, name="attn")(
-            Norm(cfg, name="attn_norm")(x), positions, mask, cache
-        )
-        if cfg.post_norms:
-            attn_out = Norm(cfg, name="attn_post_norm")(attn_out)
-        x = x + attn_out
-        mlp_out = MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
-        if cfg.post_norms:
-            mlp_out = Norm(cfg, name="mlp_post_norm")(mlp_out)
-        return x + mlp_out, cache
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:

@@ -21,9 +21,33 @@ import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.kv_cache import KVCache, sliding_window_mask, uncached_positions_and_mask
-from gpt_jax.layers import EMBED, POSITION, VOCAB, Block, Norm, WeightInfo, init_weight, softcap, weight
+from gpt_jax.layers import EMBED, MLP, POSITION, VOCAB, Attention, Norm, WeightInfo, init_weight, softcap, weight
+from gpt_jax.moe import SparseMoE
 from gpt_jax.params import flatten
 from gpt_jax.quantize import contract
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x)); with `post_norms` each branch is normed
+    again before its residual add (Gemma 2); with experts the MLP is a sparse mixture of them (Mixtral)."""
+
+    config: ModelConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache):
+        cfg = self.config
+        attn_out, cache = Attention(cfg, self.layer, name="attn")(
+            Norm(cfg, name="attn_norm")(x), positions, mask, cache
+        )
+        if cfg.post_norms:
+            attn_out = Norm(cfg, name="attn_post_norm")(attn_out)
+        x = x + attn_out
+        mlp = SparseMoE(cfg, name="mlp") if cfg.n_experts else MLP(cfg, name="mlp")
+        mlp_out = mlp(Norm(cfg, name="mlp_norm")(x))
+        if cfg.post_norms:
+            mlp_out = Norm(cfg, name="mlp_post_norm")(mlp_out)
+        return x + mlp_out, cache
 
 
 class Transformer(nn.Module):

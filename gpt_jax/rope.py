@@ -5,12 +5,16 @@ schemes checkpoints use (Hugging Face's `rope_type`):
 - "linear": every frequency divided by `factor` (positions interpolated).
 - "llama3" (Llama 3.1-3.3): long wavelengths (beyond original_context / low_freq_factor) divided by `factor`, short
   ones (below original_context / high_freq_factor) kept, the band between blended smoothly.
+- "dynamic" (NTK-aware): beyond the original context L0, the base grows with the sequence length L so that the
+  lowest frequency still turns as it did at L0: theta * (factor * L / L0 - (factor - 1)) ** (H / (H - 2)). L is the
+  row's own length (its largest position + 1) at each forward pass, as transformers computes it for one sequence;
+  unlike transformers, a longer batch-mate never changes a row's frequencies.
 - "yarn": per-frequency blend of interpolation (divided by `factor`) and extrapolation, ramping between the
   dimensions that turn beta_fast and beta_slow times over the original context; cos and sin are then scaled by
   `attention_factor` (default 0.1 ln(factor) + 1).
 
 The frequencies are computed once per config on the host (numpy, float32 like the references) and enter the model
-as constants. Axes: H head dim.
+as constants, except dynamic ones, which follow each row's length. Axes: B batch, T query length, H rotated dims.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.errors import ConfigError, check
 
-ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +37,7 @@ class RopeScaling:
 
     type: str = "default"
     factor: float = 1.0
-    original_context: int = 0  # the pre-training context (llama3, yarn)
+    original_context: int = 0  # the pre-training context (dynamic, llama3, yarn)
     low_freq_factor: float = 1.0  # llama3
     high_freq_factor: float = 4.0  # llama3
     beta_fast: float = 32.0  # yarn
@@ -49,7 +55,7 @@ class RopeScaling:
             isinstance(self.truncate, bool), ConfigError, f"rope scaling truncate must be a bool, got {self.truncate!r}"
         )
         check(self.factor > 0, ConfigError, f"rope scaling factor must be > 0, got {self.factor}")
-        needs_context = self.type in ("llama3", "yarn")
+        needs_context = self.type in ("dynamic", "llama3", "yarn")
         check(
             isinstance(self.original_context, int) and (self.original_context > 0 or not needs_context),
             ConfigError,
@@ -67,7 +73,7 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> tu
     exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
     base = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
     s = scaling
-    if s.type == "default":
+    if s.type in ("default", "dynamic"):  # dynamic: these up to the original context, then dynamic_frequencies
         return base, 1.0
     if s.type == "linear":
         return (base / np.float32(s.factor)).astype(np.float32), 1.0
@@ -99,3 +105,11 @@ def _yarn(head_dim: int, theta: float, s: RopeScaling, extrapolation: np.ndarray
     inv_freq = interpolation * (1 - keep) + extrapolation * keep
     attention = s.attention_factor or (0.1 * math.log(s.factor) + 1.0 if s.factor > 1 else 1.0)
     return inv_freq.astype(np.float32), float(attention)
+
+
+def dynamic_frequencies(head_dim: int, theta: float, s: RopeScaling, positions: jax.Array) -> jax.Array:
+    """NTK-aware inverse frequencies of each row at its current length: positions [B, T] -> [B, 1, H/2]."""
+    length = jnp.maximum(jnp.max(positions, axis=1) + 1, s.original_context).astype(jnp.float32)  # [B]
+    growth = (s.factor * length / s.original_context - (s.factor - 1)) ** (head_dim / (head_dim - 2))
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    return 1.0 / ((jnp.float32(theta) * growth)[:, None, None] ** exponents)

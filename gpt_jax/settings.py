@@ -69,15 +69,16 @@ class GenerationSettings:
     top_logprobs: int = _setting(0, "record the k most likely alternatives per token", cli=False)
 
     @classmethod
-    def of(cls, settings: dict[str, Any]) -> GenerationSettings:
-        """Keyword arguments of a public call -> settings; an unknown name is an InputError with a suggestion."""
+    def of(cls, settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> GenerationSettings:
+        """Keyword arguments of a public call -> settings, over `defaults` (a checkpoint's own, e.g. from its
+        generation_config.json); an unknown name is an InputError with a suggestion."""
         names = [f.name for f in dataclasses.fields(cls)]
         for name in settings:
             if name not in names:
                 close = ALIASES.get(name) or next(iter(difflib.get_close_matches(name, names, 1)), None)
                 hint = f"; did you mean {close!r}?" if close else ""
                 raise InputError(f"unknown setting {name!r}{hint} (settings: {', '.join(names)})")
-        return cls(**settings)
+        return cls(**{**(defaults or {}), **settings})
 
     def with_seed(self) -> GenerationSettings:
         """These settings with a seed: the given one, or a fresh one (returned with the result, so a run repeats)."""

@@ -1,7 +1,7 @@
 """Steps 1 and 9 of the pipeline: text -> token ids, and ids -> text (whole or incremental).
 
 `BaseTokenizer` is what the pipeline needs of a tokenizer; `Tokenizer` (SentencePiece, `tokenizer.model`) and
-`bpe.ByteLevelBPETokenizer` (`tokenizer.json`, through the `tokenizers` package) implement it. Decoding maps every id
+`hf_tokenizer.HFTokenizer` (`tokenizer.json`, through the `tokenizers` package) implement it. Decoding maps every id
 to its exact bytes (byte-fallback pieces such as `<0xE5>` are one raw byte) and runs them through an incremental
 UTF-8 decoder, so a streamed character is emitted only once all of its bytes have arrived. `decode` is the same
 decoder run to the end, so streamed pieces always concatenate to the decoded text.

@@ -1,13 +1,13 @@
-"""Which tokenizer a model directory holds: `tokenizer.model` (SentencePiece), else GPT-2's byte-level BPE files
-(`tokenizer.json`, or `vocab.json` + `merges.txt`), else none. Own and Hugging Face directories both load through
-here.
+"""Which tokenizer a model directory holds: `tokenizer.model` (SentencePiece), else a Hugging Face `tokenizer.json`
+(byte-level or SentencePiece-style) or GPT-2's `vocab.json` + `merges.txt`, else none. Own and Hugging Face
+directories both load through here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gpt_jax.bpe import ByteLevelBPETokenizer
+from gpt_jax.hf_tokenizer import HFTokenizer
 from gpt_jax.chat import ChatTemplate
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import CheckpointError, TokenizerError, check
@@ -26,7 +26,7 @@ def load_tokenizer(directory: Path, config: ModelConfig, exact: bool = True) -> 
         if path.is_file():
             tok = Tokenizer(path, add_bos=config.add_bos)
         elif (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file():
-            tok = ByteLevelBPETokenizer.from_directory(directory, config)
+            tok = HFTokenizer.from_directory(directory, config)
         else:
             return None
     except TokenizerError as e:

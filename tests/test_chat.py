@@ -130,3 +130,83 @@ def test_the_chat_command_streams_replies_keeps_history_and_resets(chat_dir, cap
     assert out.out == want + "\n" + g.chat(second, **kw).texts[0] + "\n" + want + "\n"
     code = main(["chat"])  # the bundled model has no template
     assert code == 2 and "has no chat template" in capsys.readouterr().err
+
+
+def test_chat_greedy_equals_transformers_and_stops_at_the_end_of_turn_id(chat_dir, tmp_path):
+    """generation_config.json names the end-of-turn ids (a list); greedy chat equals transformers generating from the
+    template's ids and ends at the first of them. The last token the model's greedy run meets for the first time is
+    made an end-of-turn id, so the stop happens inside the run."""
+    torch = pytest.importorskip("torch")
+    d, hf_tok = chat_dir
+    hf_tok.chat_template = HEADERS
+    bos, eot = hf_tok.convert_tokens_to_ids("<|begin|>"), hf_tok.convert_tokens_to_ids("<|eot_id|>")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    cfg.update(dict(num_key_value_heads=2, initializer_range=0.3, bos_token_id=bos, eos_token_id=eot))
+    model = transformers.LlamaForCausalLM(cfg).eval()  # weights large enough for a varied greedy run
+    copy = tmp_path / "m"
+    model.save_pretrained(copy)
+    hf_tok.save_pretrained(copy)
+    prompt = hf_tok.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True, return_dict=False)
+    with torch.no_grad():
+        free = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=24, eos_token_id=None)
+    free = free[0, len(prompt) :].tolist()
+    stop_at = max(i for i in range(len(free)) if free[i] not in free[:i])  # the last fresh token
+    assert stop_at >= 3
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [free[stop_at], eot]}))
+    g = gpt_jax.load(copy)
+    assert g.config.eos_ids == (free[stop_at], eot)
+    out = g.chat(CONVERSATION, max_new_tokens=24, temperature=0.0)
+    with torch.no_grad():
+        ref = model.generate(
+            torch.tensor([prompt]), do_sample=False, max_new_tokens=24, eos_token_id=[free[stop_at], eot]
+        )
+    assert out.token_ids[0] == ref[0, len(prompt) :].tolist() == free[: stop_at + 1]
+    assert out.finish_reasons == ["eos"]
+
+
+def test_generation_config_sampling_defaults_apply_where_the_caller_sets_none(chat_dir, tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import run_cli
+
+    from gpt_jax.hf_config import generation_defaults
+
+    assert generation_defaults({"do_sample": True, "temperature": 0.6, "top_p": 0.9}) == {
+        "temperature": 0.6,
+        "top_p": 0.9,
+        "top_k": 50,  # transformers' own default where the file names none
+        "min_p": 0.0,
+    }
+    assert generation_defaults({"do_sample": False, "repetition_penalty": 1.1}) == {
+        "temperature": 0.0,
+        "repetition_penalty": 1.1,
+    }
+    assert generation_defaults({"eos_token_id": 2}) == {}  # no sampling intent stated: this project's defaults
+    with pytest.raises(gpt_jax.CheckpointError, match="field 'temperature' must be int or float"):
+        generation_defaults({"do_sample": True, "temperature": "hot"})
+    copy = tmp_path / "m"
+    shutil.copytree(chat_dir[0], copy)
+    sampling = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 20}
+    (copy / "generation_config.json").write_text(json.dumps(sampling))
+    g = gpt_jax.load(copy)
+    assert g.defaults == {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "min_p": 0.0}
+    prompt = [[1, 40, 41, 42]]
+    implicit = g.generate_ids(prompt, max_new_tokens=16, seed=5, ignore_eos=True).token_ids
+    explicit = g.generate_ids(prompt, max_new_tokens=16, seed=5, ignore_eos=True, temperature=0.6, top_p=0.9, top_k=20)
+    ours = g.generate_ids(prompt, max_new_tokens=16, seed=5, ignore_eos=True, temperature=0.8, top_p=0.95, top_k=0)
+    assert implicit == explicit.token_ids != ours.token_ids
+    saved = gpt_jax.load(checkpoint.save(g, tmp_path / "native"))  # the defaults travel with a save
+    assert saved.defaults == g.defaults
+    assert saved.generate_ids(prompt, max_new_tokens=16, seed=5, ignore_eos=True).token_ids == implicit
+    # the command line passes only the flags given, so the checkpoint's defaults fill the rest
+    code, out, _ = run_cli(capsys, ["generate", "--model", str(copy), "Romeo", "--seed", "5", "--json"])
+    row = json.loads(out)
+    assert code == 0 and row["token_ids"] == g.generate(["Romeo"], seed=5).token_ids[0]
+    flags = ["--temperature", "0.8", "--top-p", "0.95", "--top-k", "0"]
+    code, out, _ = run_cli(capsys, ["generate", "--model", str(copy), "Romeo", "--seed", "5", "--json", *flags])
+    assert (
+        json.loads(out)["token_ids"] == g.generate(["Romeo"], seed=5, temperature=0.8, top_p=0.95, top_k=0).token_ids[0]
+    )

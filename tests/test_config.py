@@ -63,7 +63,8 @@ def test_rope_scaling_and_attention_features_round_trip_and_are_checked():
     assert sum(x.size for x in jax.tree_util.tree_leaves(init_params(cfg, jax.random.key(0)))) == cfg.num_params
     assert cfg.num_params == LLAMA_TINY.num_params + 2 * (cfg.head_dim * (4 + 2 * 2) + 2 * cfg.head_dim)
     for bad, message in (
-        ({"type": "dynamic"}, "rope scaling type must be one of"),
+        ({"type": "longrope"}, "rope scaling type must be one of"),
+        ({"type": "dynamic", "factor": 2.0}, "needs original_context > 0"),
         ({"type": "yarn", "factor": 4.0}, "needs original_context > 0"),
         ({"type": "linear", "factor": float("nan")}, "factor must be a finite number"),
         ({"type": "llama3", "original_context": 8, "low_freq_factor": 4.0, "high_freq_factor": 1.0}, "high_freq"),
@@ -80,5 +81,32 @@ def test_parameter_count_matches_the_parameters_for_every_feature():
     from gpt_jax.model import init_params
 
     gemma2_like = LLAMA_TINY.replace(post_norms=True, norm_offset=1.0, embed_scale=True, tie_embeddings=True)
-    for cfg in (gemma2_like, LLAMA_TINY.replace(qkv_bias=True), LLAMA_TINY.replace(attn_bias=True, mlp_bias=True)):
+    moe = LLAMA_TINY.replace(n_experts=4, experts_per_token=2)
+    for cfg in (gemma2_like, moe, LLAMA_TINY.replace(qkv_bias=True), LLAMA_TINY.replace(attn_bias=True, mlp_bias=True)):
         assert sum(x.size for x in jax.tree_util.tree_leaves(init_params(cfg, jax.random.key(0)))) == cfg.num_params
+
+
+def test_gemma3_experts_and_partial_rotary_fields_round_trip_and_are_checked():
+    from gpt_jax.rope import RopeScaling
+
+    cfg = LLAMA_TINY.replace(
+        local_rope_theta=10000.0,
+        local_rope_scaling=RopeScaling("linear", 2.0),
+        rotary_dim=4,
+        n_experts=4,
+        experts_per_token=2,
+        sliding_window=4,
+        layer_types=("sliding", "full"),
+    )
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.rope_for(0) == (10000.0, RopeScaling("linear", 2.0)) and cfg.rope_for(1) == (10000.0, RopeScaling())
+    for changes, message in (
+        ({"n_experts": 4}, "experts_per_token=0 must be in"),
+        ({"n_experts": 2, "experts_per_token": 3}, "experts_per_token=3 must be in"),
+        ({"n_experts": 2, "experts_per_token": 1, "mlp_bias": True}, "experts are gated MLPs without biases"),
+        ({"rotary_dim": 3}, "rotary_dim must be even"),
+        ({"rotary_dim": 10}, "at most head_dim=8"),
+        ({"local_rope_theta": -1.0}, "local_rope_theta must be a finite number >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            LLAMA_TINY.replace(**changes)

@@ -34,6 +34,8 @@ def make_hf(kind: str, directory, **overrides):
             "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
             "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
             "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+            "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+            "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM),
         }[kind]
         params = dict(
             hidden_size=32,
@@ -80,6 +82,21 @@ VARIANTS = {
     "qwen2-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
     "gemma": ("gemma", {"head_dim": 8, "num_key_value_heads": 1}),  # multi-query, as Gemma 2B
     "phi3": ("phi3", {"sliding_window": 6}),  # fused qkv_proj and gate_up_proj, grouped-query, windowed
+    "phi3-partial": ("phi3", {"partial_rotary_factor": 0.5}),  # rotates half of each head, as Phi-4-mini 3/4
+    "mixtral": ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 6}),
+    "gemma3": (  # per-layer-type rope: linear scaling on the global layer, the local base on the sliding one
+        "gemma3_text",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 24,
+            "sliding_window": 6,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1_000_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            },
+        },
+    ),
     "gemma2": (  # small caps and a query scalar apart from head_dim, so each feature changes the numbers
         "gemma2",
         {
@@ -130,6 +147,30 @@ def test_greedy_generation_matches_token_for_token(pair):
         )[:, ids.shape[1] :].tolist()
     got = ours.generate_ids(PROMPTS, max_new_tokens=32, temperature=0.0, ignore_eos=True).token_ids
     assert got == ref
+
+
+def test_dynamic_rope_follows_each_rows_length(tmp_path):
+    """NTK-aware dynamic scaling: past the original context (16 here) the rotary base grows with the row's length.
+    transformers computes that length over the whole batch, so each row is compared with it generating alone."""
+    from gpt_jax.rope import RopeScaling
+
+    dynamic = {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}
+    model = make_hf("llama", tmp_path / "d", max_position_embeddings=16, rope_parameters=dynamic)
+    ours = gpt_jax.load(tmp_path / "d")
+    assert (ours.config.rope_scaling.type, ours.config.max_seq_len) == ("dynamic", 64)
+    long = [list(range(1, 25))]  # 24 positions, past the original 16
+    with torch.no_grad():
+        ref = model(torch.tensor(long)).logits.numpy()
+    got = np.asarray(forward(ours.config, ours.params, np.asarray(long)))
+    plain = np.asarray(forward(ours.config.replace(rope_scaling=RopeScaling()), ours.params, np.asarray(long)))
+    assert np.abs(got - ref).max() <= 1e-4 < np.abs(plain - ref).max()
+    got = ours.generate_ids(PROMPTS, max_new_tokens=32, temperature=0.0, ignore_eos=True).token_ids
+    for prompt, row in zip(PROMPTS, got):
+        with torch.no_grad():  # a prompt shorter than 16 resets transformers' grown frequencies
+            ref = model.generate(
+                torch.tensor([prompt]), do_sample=False, max_new_tokens=32, eos_token_id=None, pad_token_id=0
+            )
+        assert row == ref[0, len(prompt) :].tolist()
 
 
 def test_config_fields_are_mapped(pair):
@@ -200,8 +241,8 @@ def test_unsupported_and_damaged_directories(tmp_path):
     cfg_path.write_text(json.dumps({**raw, "model_type": "bert"}))
     with pytest.raises(CheckpointError, match="unsupported model_type 'bert'"):
         gpt_jax.load(tmp_path / "m")
-    cfg_path.write_text(json.dumps({**raw, "rope_parameters": {"rope_type": "dynamic", "factor": 4.0}}))
-    with pytest.raises(CheckpointError, match="rope scaling type 'dynamic' is not supported"):
+    cfg_path.write_text(json.dumps({**raw, "rope_parameters": {"rope_type": "longrope", "factor": 4.0}}))
+    with pytest.raises(CheckpointError, match="rope scaling type 'longrope' is not supported"):
         gpt_jax.load(tmp_path / "m")
     cfg_path.write_text(json.dumps({**raw, "intermediate_size": 48}))
     with pytest.raises(CheckpointError, match="gate_proj.weight' converts to shape"):
@@ -252,14 +293,19 @@ def test_both_rope_forms_give_one_config():
     oldest = config_from_hf({**base, "rope_theta": 500000.0, "rope_scaling": legacy_key})
     assert old == new == oldest and new.rope_scaling.type == "llama3" and new.rope_theta == 500000.0
     assert new.rope_scaling.original_context == 16 and new.rope_scaling.factor == 8.0
+    for rope in ({"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}, YARN_ROPE):
+        old = config_from_hf({**base, "rope_theta": 20000.0, "rope_scaling": rope})
+        new = config_from_hf({**base, "rope_parameters": {**rope, "rope_theta": 20000.0}})
+        assert old == new and (new.rope_scaling.type, new.rope_theta) == (rope["rope_type"], 20000.0)
     for rope, message in (
-        ({"rope_type": "dynamic", "factor": 2.0}, "rope scaling type 'dynamic' is not supported"),
         ({"rope_type": "yarn", "factor": 2.0, "mscale": 0.7}, r"rope parameters \['mscale'\] are not supported"),
         ({"rope_type": "longrope"}, "'longrope' is not supported"),
-        ({"rope_type": "default", "partial_rotary_factor": 0.75}, "partial_rotary_factor != 1 is not supported"),
+        ({"rope_type": "default", "partial_rotary_factor": 0.75}, "partial_rotary_factor=0.75 is supported for phi3"),
     ):
         with pytest.raises(CheckpointError, match=message):
             config_from_hf({**base, "rope_parameters": rope})
+    phi = config_from_hf({**base, "model_type": "phi3", "partial_rotary_factor": 0.75, "head_dim": 8})
+    assert phi.rotary_dim == 6
     qwen = {**base, "model_type": "qwen2", "use_sliding_window": True}
     with pytest.raises(CheckpointError, match="missing field 'sliding_window'"):
         config_from_hf(qwen)
@@ -289,3 +335,41 @@ def test_gemma_configs_map_to_features():
     )  # no layer_types: pattern
     with pytest.raises(CheckpointError, match="hidden activation 'relu' is not supported"):
         config_from_hf({**old, "hidden_activation": "relu"})
+
+
+def test_gemma3_and_mixtral_configs_in_both_forms():
+    """Gemma 3 before transformers 5: rope_theta + rope_scaling for global layers, rope_local_base_freq for sliding
+    ones, sliding_window_pattern; from 5.x: rope_parameters per layer type and layer_types."""
+    from gpt_jax.hf_config import config_from_hf
+
+    base = dict(model_type="gemma3_text", vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=6)
+    base.update(num_attention_heads=4, head_dim=8, sliding_window=4)
+    old = config_from_hf(
+        {**base, "rope_theta": 1e6, "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window_pattern": 3}
+        | {"rope_local_base_freq": 10000.0}
+    )
+    per_type = {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    }
+    layer_types = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    new = config_from_hf({**base, "rope_parameters": per_type, "layer_types": layer_types})
+    assert old == new and new.layer_types == ("sliding", "sliding", "full") * 2
+    assert (new.rope_theta, new.rope_scaling.factor, new.local_rope_theta, new.local_rope_scaling.type) == (
+        1e6,
+        8.0,
+        10000.0,
+        "default",
+    )
+    assert new.rope_for(0) == (10000.0, new.local_rope_scaling) and new.rope_for(2) == (1e6, new.rope_scaling)
+    assert (new.qk_norm, new.post_norms, new.norm_offset, new.attn_scalar) == (True, True, 1.0, 256.0)
+    with pytest.raises(CheckpointError, match=r"rope_parameters for layer types \['chunked_attention'\]"):
+        config_from_hf({**base, "rope_parameters": {**per_type, "chunked_attention": {}}})
+    mixtral = dict(base, model_type="mixtral", num_local_experts=8, num_experts_per_tok=2)
+    del mixtral["head_dim"], mixtral["sliding_window"]
+    moe = config_from_hf(mixtral)
+    assert (moe.n_experts, moe.experts_per_token, moe.sliding_window) == (8, 2, 0)
+    with pytest.raises(CheckpointError, match="missing field 'num_local_experts'"):
+        config_from_hf({k: v for k, v in mixtral.items() if k != "num_local_experts"})
+    with pytest.raises(CheckpointError, match="experts_per_token=9 must be in"):
+        config_from_hf({**mixtral, "num_experts_per_tok": 9})
