@@ -1,4 +1,5 @@
-"""Peak host memory while `gpt_jax.load` imports a ~1 GB Hugging Face Llama checkpoint (random weights).
+"""Peak host memory while `gpt_jax.load` imports a ~1.2 GB Llama-3-shaped Hugging Face checkpoint (random weights:
+vocabulary 128256, untied head, llama3 rope scaling, grouped-query attention).
 
     python benchmarks/hf_load_memory.py [--dir /tmp/llama-1gb] [--out benchmarks/results/hf_load_memory.json]
 
@@ -16,17 +17,17 @@ import sys
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import gpt_jax, jax
-def rss_mb():
+def status_mb(key):  # VmHWM is this process image's own peak (ru_maxrss also counts the parent's, from the fork)
     with open('/proc/self/status') as f:
-        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
-before = rss_mb()
+        return next(int(l.split()[1]) for l in f if l.startswith(key)) / 1024
+before = status_mb('VmRSS')
 t = time.perf_counter()
 g = gpt_jax.load(sys.argv[1])
 jax.block_until_ready(g.params)
-print(json.dumps({"rss_before_mb": before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "load_s": time.perf_counter() - t, "params": g.config.num_params}))
+print(json.dumps({"rss_before_mb": before, "peak_rss_mb": status_mb('VmHWM'), "load_s": time.perf_counter() - t,
+                  "params": g.config.num_params}))
 """
 
 
@@ -35,24 +36,24 @@ def make_checkpoint(directory: Path) -> None:
     import transformers
 
     cfg = transformers.LlamaConfig(
-        vocab_size=32000,
+        vocab_size=128256,
         hidden_size=1024,
         intermediate_size=2816,
-        num_hidden_layers=16,
+        num_hidden_layers=4,
         num_attention_heads=16,
         num_key_value_heads=4,
-        max_position_embeddings=2048,
+        max_position_embeddings=131072,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0}
+        | {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000,
+        eos_token_id=[128001, 128008, 128009],
     )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(directory, safe_serialization=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", default="/tmp/gpt_jax_llama_1gb")
-    ap.add_argument("--out", default="benchmarks/results/hf_load_memory.json")
-    args = ap.parse_args()
-    directory = Path(args.dir)
+def measure(directory: Path) -> dict:
+    """Make the checkpoint in `directory` if it holds none, then load it in a fresh process: the numbers."""
     if not (directory / "config.json").is_file():
         make_checkpoint(directory)
     size_mb = sum(p.stat().st_size for p in directory.glob("*.safetensors")) / 2**20
@@ -64,6 +65,15 @@ def main() -> None:
         growth_over_size=(result["peak_rss_mb"] - result["rss_before_mb"]) / size_mb,
         machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
     )
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default="/tmp/gpt_jax_llama3_1gb")
+    ap.add_argument("--out", default="benchmarks/results/hf_load_memory.json")
+    args = ap.parse_args()
+    result = measure(Path(args.dir))
     print(json.dumps(result, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -162,10 +162,12 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None, mes
     if dtype is not None:
         config = config.replace(dtype=dtype)
     weights = directory / WEIGHTS_FILE
-    tensors = safetensors_io.read(weights)
+    file = safetensors_io.SafetensorsFile(weights)
+    tensors = {name: file.get(name) for name in file.names}
     check_layer_count(config, tensors, str(weights))
     check_tensors(tensors, param_shapes(config), str(weights))
-    params = unflatten({k: jnp.asarray(v, dtype=config.dtype) for k, v in tensors.items()})
+    target = jnp.dtype(config.dtype)
+    params = unflatten({k: safetensors_io.to_device(file, k, v, target) for k, v in tensors.items()})
     defaults = read_json_object(directory / DEFAULTS_FILE) if (directory / DEFAULTS_FILE).is_file() else {}
     try:
         GenerationSettings.of(defaults)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -99,37 +100,37 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
         actual = present[hf_name]
         return files.where[actual].get(actual)
 
-    def release(hf_name: str) -> None:
-        files.where[present[hf_name]].release(present[hf_name])
-
-    def put(ours: str, array: np.ndarray, hf_name: str) -> None:
-        want = tuple(expected[ours].shape)
+    def converted_view(ours: str, name: str, to_ours, want: tuple[int, ...]) -> np.ndarray:
+        w = take(name)
         check(
-            safetensors_io.is_float(array.dtype),
+            safetensors_io.is_float(w.dtype),
             CheckpointError,
-            f"{directory}: weight {hf_name!r} is stored as {array.dtype}; weights must be floating point",
+            f"{directory}: weight {name!r} is stored as {w.dtype}; weights must be floating point",
         )
-        check(
-            tuple(array.shape) == want,
-            CheckpointError,
-            f"{directory}: weight {hf_name!r} converts to shape {tuple(array.shape)}, expected {want} for {ours!r}",
-        )
-        flat[ours] = jnp.asarray(np.asarray(array, dtype=np.float32) if array.dtype != target else array, dtype=target)
-
-    for ours, (hf_names, to_ours, _) in mapping.items():
-        names = (hf_names,) if isinstance(hf_names, str) else hf_names  # several: stacked (experts)
-        label = names[0] if len(names) == 1 else f"{names[0]} (and the other {len(names) - 1} experts)"
         try:
-            converted = to_ours(np.stack([take(n) for n in names]) if len(names) > 1 else take(names[0]), config)
+            view = to_ours(w, config)
         except ValueError:
             raise CheckpointError(
-                f"{directory}: weight {label!r} has shape {tuple(take(names[0]).shape)}, which does not fit "
-                f"{ours!r} {tuple(expected[ours].shape)}"
+                f"{directory}: weight {name!r} has shape {tuple(w.shape)}, which does not fit {ours!r} {want}"
             ) from None
-        put(ours, converted, label)
-        del converted
-        for name in names:
-            release(name)
+        check(
+            tuple(view.shape) == want,
+            CheckpointError,
+            f"{directory}: weight {name!r} converts to shape {tuple(view.shape)}, expected {want} for {ours!r}",
+        )
+        return view
+
+    for ours, (hf_names, to_ours, _) in mapping.items():  # one weight at a time (safetensors_io.to_device)
+        want = tuple(expected[ours].shape)
+        if isinstance(hf_names, str):
+            view = converted_view(ours, hf_names, to_ours, want)
+            flat[ours] = safetensors_io.to_device(files.where[present[hf_names]], present[hf_names], view, target)
+            continue
+        dest = safetensors_io.aligned_empty(want, target)  # one tensor per expert, stacked along a new first axis
+        for e, name in enumerate(hf_names):
+            view = converted_view(ours, name, lambda w, c: to_ours(w[None], c)[0], want[1:])
+            files.where[present[name]].copy_into(present[name], view, dest[e])
+        flat[ours] = jax.device_put(dest, may_alias=True)
     if config.position == "learned":
         for i in range(config.n_layers):
             for p in ("weight", "bias"):
@@ -142,8 +143,9 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
                     f"{3 * config.n_heads * config.head_dim}",
                 )
                 for ours, part in gpt2_split(name, w, config).items():
-                    put(ours, part, name)
-                release(name)
+                    view = converted_view(ours, name, lambda w, c: part, tuple(expected[ours].shape))
+                    flat[ours] = jnp.asarray(view, dtype=target)
+                files.where[present[name]].release(present[name])
     tokenizer = load_tokenizer(directory, config, exact=False)
     defaults = generation_defaults(generation, str(gen_path))
     return Generator(config, unflatten(flat), tokenizer, mesh, defaults)

@@ -14,6 +14,7 @@ import os
 import struct
 from pathlib import Path
 
+import jax
 import ml_dtypes
 import numpy as np
 import safetensors.numpy
@@ -107,6 +108,9 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, base
 
 
+COPY_SLAB_BYTES = 64 * 2**20
+
+
 class SafetensorsFile:
     """One memory-mapped safetensors file: `get(name)` is a zero-copy view, `release(name)` drops its pages."""
 
@@ -127,13 +131,60 @@ class SafetensorsFile:
         arr = np.frombuffer(self._map, dtype=dtype, count=(end - start) // dtype.itemsize, offset=self.base + start)
         return arr.reshape(info["shape"])
 
-    def release(self, name: str) -> None:
-        """Tell the kernel the tensor's pages are no longer needed (they are reread from disk if touched again)."""
+    def release(self, name: str, lo: int = 0, hi: int | None = None) -> None:
+        """Tell the kernel that bytes lo..hi of the tensor (default: all) are no longer needed; they are reread
+        from disk if touched again."""
         start, end = self.header[name]["data_offsets"]
-        page = mmap.PAGESIZE
-        lo = (self.base + start) // page * page
-        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED") and end > start:
-            self._map.madvise(mmap.MADV_DONTNEED, lo, self.base + end - lo)
+        hi = end - start if hi is None else min(hi, end - start)
+        first = (self.base + start + lo) // mmap.PAGESIZE * mmap.PAGESIZE
+        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED") and hi > lo:
+            self._map.madvise(mmap.MADV_DONTNEED, first, self.base + start + hi - first)
+
+    def copy_into(self, name: str, view: np.ndarray, dest: np.ndarray) -> None:
+        """dest[...] = view (a view of tensor `name`, e.g. transposed or reshaped; cast to dest's dtype), a slab at a
+        time along the view's outermost axis in the file, each slab's pages released once copied: the tensor is
+        never resident twice."""
+        if view.ndim == 0 or view.size == 0:
+            dest[...] = view
+            return
+        axis = int(np.argmax(view.strides))
+        stride, rows = view.strides[axis], view.shape[axis]
+        step = max(1, COPY_SLAB_BYTES // max(stride, 1))
+        for i in range(0, rows, step):
+            slab = (slice(None),) * axis + (slice(i, i + step),)
+            dest[slab] = view[slab]
+            self.release(name, i * stride, (i + step) * stride)
+
+
+def to_device(file: SafetensorsFile, name: str, view: np.ndarray, dtype, into: np.ndarray | None = None):
+    """`view` (of tensor `name` of `file`, e.g. transposed) as a device array of `dtype`, its pages released.
+
+    Up to a slab, in one go; larger, copied slab by slab into a host array of the final dtype (the tensor is never
+    resident twice) that the CPU backend then uses in place (aligned, aliased) and other backends copy to the device.
+    Peak host memory while loading a checkpoint: the converted weights plus about one slab.
+    """
+    if view.size * np.dtype(dtype).itemsize <= COPY_SLAB_BYTES:
+        out = jax.numpy.asarray(view, dtype=dtype)
+        file.release(name)
+        return out
+    dest = aligned_empty(view.shape, dtype)
+    file.copy_into(name, view, dest)
+    return jax.device_put(dest, may_alias=True)
+
+
+def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an `alignment`-byte boundary: on the CPU backend
+    `jax.device_put(a, may_alias=True)` then uses it in place instead of copying it."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    if size >= 2**21:  # page-aligned anonymous memory, in huge pages where the kernel allows: fewer page faults
+        memory = mmap.mmap(-1, size)
+        if hasattr(memory, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        return np.frombuffer(memory, dtype).reshape(shape)
+    raw = np.empty(size + alignment, np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset : offset + size].view(dtype).reshape(shape)
 
 
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:

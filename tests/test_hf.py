@@ -373,3 +373,19 @@ def test_gemma3_and_mixtral_configs_in_both_forms():
         config_from_hf({k: v for k, v in mixtral.items() if k != "num_local_experts"})
     with pytest.raises(CheckpointError, match="experts_per_token=9 must be in"):
         config_from_hf({**mixtral, "num_experts_per_tok": 9})
+
+
+@pytest.mark.slow
+def test_loading_a_1gb_llama3_shaped_checkpoint_stays_under_1_5x_its_size(tmp_path):
+    """benchmarks/hf_load_memory.py: a random Llama-3-shaped checkpoint (vocabulary 128256, ~1.2 GB fp32) loaded in a
+    fresh process; the resident memory it adds stays below 1.5x the checkpoint's size."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_load_memory.py"
+    spec = importlib.util.spec_from_file_location("hf_load_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(tmp_path / "llama3")
+    assert result["checkpoint_mb"] > 1000 and result["params"] > 300e6
+    assert result["growth_over_size"] < 1.5, result
