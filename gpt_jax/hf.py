@@ -2,9 +2,8 @@
 into gpt_jax.
 
 `hf_config.py` maps every config field that changes the computation or rejects it with a clear error. Weights are
-converted one tensor at a time from memory-mapped safetensors files (a Mixtral layer's experts one stack at a time),
-and each tensor's mapped pages are released once converted, so peak host memory stays near the size of the
-converted parameters.
+converted one tensor at a time from memory-mapped safetensors files, and each tensor's mapped pages are released
+as it is converted, so peak host memory stays near the size of the converted parameters.
 
 Weight names and layouts are in `hf_names.py`, shared with the export.
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -86,7 +84,7 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
     mapping = (
         llama_mapping(config, fused=raw["model_type"] == "phi3") if config.position == "rope" else gpt2_mapping(config)
     )
-    needed = {name for hf, _, _ in mapping.values() for name in ((hf,) if isinstance(hf, str) else hf)}
+    needed = {hf for hf, _, _ in mapping.values()}
     if config.position == "learned":
         needed |= {f"transformer.h.{i}.attn.c_attn.{p}" for i in range(config.n_layers) for p in ("weight", "bias")}
     missing = sorted(needed - set(present))
@@ -120,17 +118,9 @@ def load(directory: Path, raw: dict, dtype: str | None = None, mesh=None) -> Gen
         )
         return view
 
-    for ours, (hf_names, to_ours, _) in mapping.items():  # one weight at a time (safetensors_io.to_device)
-        want = tuple(expected[ours].shape)
-        if isinstance(hf_names, str):
-            view = converted_view(ours, hf_names, to_ours, want)
-            flat[ours] = safetensors_io.to_device(files.where[present[hf_names]], present[hf_names], view, target)
-            continue
-        dest = safetensors_io.aligned_empty(want, target)  # one tensor per expert, stacked along a new first axis
-        for e, name in enumerate(hf_names):
-            view = converted_view(ours, name, lambda w, c: to_ours(w[None], c)[0], want[1:])
-            files.where[present[name]].copy_into(present[name], view, dest[e])
-        flat[ours] = jax.device_put(dest, may_alias=True)
+    for ours, (hf_name, to_ours, _) in mapping.items():  # one weight at a time (safetensors_io.to_device)
+        view = converted_view(ours, hf_name, to_ours, tuple(expected[ours].shape))
+        flat[ours] = safetensors_io.to_device(files.where[present[hf_name]], present[hf_name], view, target)
     if config.position == "learned":
         for i in range(config.n_layers):
             for p in ("weight", "bias"):

@@ -14,8 +14,7 @@ import numpy as np
 
 from gpt_jax.config import ModelConfig
 
-# Each entry: our flat name -> (hf name, to_ours(array, cfg), to_hf(array, cfg)); a tuple of hf names is stacked
-# along a new first axis before to_ours (Mixtral's experts), and import-only entries have no to_hf.
+# Each entry: our flat name -> (hf name, to_ours(array, cfg), to_hf(array, cfg)); import-only entries have no to_hf.
 Mapping = dict[str, tuple[str, Callable, Callable]]
 
 
@@ -74,13 +73,12 @@ def _fused_phi3(m: Mapping, hf: str, us: str, cfg: ModelConfig) -> None:
 
 
 def _experts(m: Mapping, hf: str, us: str, cfg: ModelConfig) -> None:
-    """Mixtral: the router gate [E, D] and each expert's w1 (gate) and w3 (up) [F, D] and w2 (down) [D, F], stacked
-    into [E, D, F] / [E, F, D] kernels."""
+    """Mixtral: the router gate [E, D], and each expert's w1 (gate) and w3 (up) [F, D] and w2 (down) [D, F]."""
     moe = hf + "block_sparse_moe."
     m[us + "mlp.router"] = (moe + "gate.weight", *_transpose())
-    for ours, theirs in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
-        names = tuple(f"{moe}experts.{e}.{theirs}.weight" for e in range(cfg.n_experts))
-        m[us + f"mlp.{ours}_kernel"] = (names, lambda w, c: w.transpose(0, 2, 1), None)
+    for e in range(cfg.n_experts):
+        for ours, theirs in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
+            m[us + f"mlp.expert_{e}.{ours}_kernel"] = (f"{moe}experts.{e}.{theirs}.weight", *_transpose())
 
 
 def llama_mapping(cfg: ModelConfig, fused: bool = False) -> Mapping:

@@ -2,17 +2,20 @@
 probable run (each a SwiGLU MLP), and their outputs are summed with the router's probabilities renormalised over the
 k chosen.
 
-The same math runs one of two ways, chosen from the shapes at trace time (so each compiled program has one):
-  - few tokens (M * k < E, e.g. decoding one or a few rows): the chosen experts' weights are gathered per token, so
-    a step reads k experts' weights per token, not all E. Decoding at small batch is bound by the bytes read, and
-    this is what makes a Mixtral step cost about k/E of a dense model of its size.
-  - many tokens (prefill, large batches): the (token, expert) pairs are sorted by expert and each projection is one
-    grouped product (`jax.lax.ragged_dot`) that reads every expert once and computes only the chosen pairs on
-    backends with a grouped kernel (TPU, GPU). XLA:CPU lowers it to about the cost of running every expert on every
-    token (measured in docs/BENCHMARKS.md).
-Expert kernels stay in floating point under `quantize_int8` (its per-channel scheme covers leading-input kernels).
+Each expert's kernels are weights of their own (not slices of one stacked array), and the same math runs one of two
+ways, chosen from the shapes at trace time, so each compiled program has one:
+  - few tokens (M * k < E, e.g. decoding one to three rows of Mixtral): each (token, expert) pair is a
+    `lax.switch` over the experts, which runs only the chosen branch, so a step reads k experts' weights per token,
+    not all E. Decoding at small batch is bound by the bytes read; this makes a Mixtral step cost what a dense
+    model of its active size costs.
+  - more tokens (prefill, larger batches): every expert runs on every token and its output is weighted by the
+    token's routing weight (0 where not chosen). Every expert is read once, but the work is E/k times what the
+    chosen experts need (4x for Mixtral's 8 and 2). A grouped product (`jax.lax.ragged_dot`) would compute only
+    the chosen pairs on TPU/GPU; XLA:CPU runs it slower than this (docs/BENCHMARKS.md), so it is not used.
+Expert kernels are projection kernels like any other: sharded over the model axis by their MLP width and quantized
+by `quantize_int8`. The router stays in floating point.
 
-Axes: B batch, T query length, M = B*T tokens, D model width, F expert MLP width, E experts, K chosen experts.
+Axes: B batch, T query length, M = B*T tokens, D model width, F expert MLP width, E experts, K chosen per token.
 """
 
 from __future__ import annotations
@@ -25,6 +28,24 @@ import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.layers import EMBED, EXPERT, MLP_WIDTH, activation, init_weight, weight
+from gpt_jax.quantize import contract
+
+
+class ExpertWeights(nn.Module):
+    """One expert's SwiGLU kernels: gate and up [D, F], down [F, D]."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self) -> tuple:
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        d, f = cfg.d_model, cfg.mlp_dim
+        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
+        return (
+            weight(self, "gate_kernel", init_weight, (d, f), dtype, (EMBED, MLP_WIDTH), 1),
+            weight(self, "up_kernel", init_weight, (d, f), dtype, (EMBED, MLP_WIDTH), 1),
+            weight(self, "down_kernel", out_init, (f, d), dtype, (MLP_WIDTH, EMBED), 1),
+        )
 
 
 class SparseMoE(nn.Module):
@@ -33,42 +54,30 @@ class SparseMoE(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        e, k, d, f = cfg.n_experts, cfg.experts_per_token, cfg.d_model, cfg.mlp_dim
-        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
+        e, k, d = cfg.n_experts, cfg.experts_per_token, cfg.d_model
         router = weight(self, "router", init_weight, (d, e), dtype, (EMBED, EXPERT))  # [D, E]
-        kernels = (
-            weight(self, "gate_kernel", init_weight, (e, d, f), dtype, (EXPERT, EMBED, MLP_WIDTH)),  # [E, D, F]
-            weight(self, "up_kernel", init_weight, (e, d, f), dtype, (EXPERT, EMBED, MLP_WIDTH)),  # [E, D, F]
-            weight(self, "down_kernel", out_init, (e, f, d), dtype, (EXPERT, MLP_WIDTH, EMBED)),  # [E, F, D]
-        )
+        experts = [ExpertWeights(cfg, name=f"expert_{i}")() for i in range(e)]
         b, t, _ = x.shape
         tokens = x.reshape(b * t, d)  # [M, D]
         scores = jnp.einsum("MD,DE->ME", tokens, router)
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)  # [M, E]
         chosen_probs, chosen = jax.lax.top_k(probs, k)  # [M, K]
         chosen_probs = chosen_probs / jnp.sum(chosen_probs, axis=-1, keepdims=True)
-        run = _gathered if b * t * k < e else _grouped
-        out = run(tokens, chosen, chosen_probs, kernels, activation(cfg.activation))
+        act = activation(cfg.activation)
+
+        def run(i: int, rows: jax.Array) -> jax.Array:  # expert i on rows [R, D] -> [R, D]
+            gate, up, down = experts[i]
+            hidden = act(contract("RD,DF->RF", rows, gate)) * contract("RD,DF->RF", rows, up)
+            return contract("RF,FD->RD", hidden, down)
+
+        if b * t * k < e:  # each chosen pair through its own expert only
+            branches = [lambda rows, i=i: run(i, rows) for i in range(e)]
+            out = jnp.zeros_like(tokens)
+            for m in range(b * t):
+                for j in range(k):
+                    y = jax.lax.switch(chosen[m, j], branches, tokens[m : m + 1])  # [1, D]
+                    out = out.at[m].add((chosen_probs[m, j] * y[0]).astype(out.dtype))
+        else:  # every expert on every token, weighted by the routing (0 where not chosen)
+            routing = jnp.zeros((b * t, e), jnp.float32).at[jnp.arange(b * t)[:, None], chosen].add(chosen_probs)
+            out = sum((routing[:, i : i + 1] * run(i, tokens)).astype(tokens.dtype) for i in range(e))
         return out.reshape(b, t, d).astype(x.dtype)
-
-
-def _gathered(tokens, chosen, chosen_probs, kernels, act) -> jax.Array:
-    """Each token through its own k experts' weights, gathered: [M, D] -> [M, D]."""
-    gate, up, down = (w[chosen] for w in kernels)  # [M, K, D, F], [M, K, D, F], [M, K, F, D]
-    hidden = act(jnp.einsum("MD,MKDF->MKF", tokens, gate)) * jnp.einsum("MD,MKDF->MKF", tokens, up)
-    out = jnp.einsum("MKF,MKFD->MKD", hidden, down)
-    return jnp.einsum("MKD,MK->MD", out, chosen_probs.astype(out.dtype))
-
-
-def _grouped(tokens, chosen, chosen_probs, kernels, act) -> jax.Array:
-    """The (token, expert) pairs sorted by expert, one grouped product per projection: [M, D] -> [M, D]."""
-    gate, up, down = kernels
-    m, k = chosen.shape
-    order = jnp.argsort(chosen.reshape(-1), stable=True)  # [M*K] pairs, grouped by expert
-    token_of = order // k
-    group_sizes = jnp.bincount(chosen.reshape(-1), length=gate.shape[0]).astype(jnp.int32)  # [E]
-    xs = tokens[token_of]  # [M*K, D]
-    hidden = act(jax.lax.ragged_dot(xs, gate, group_sizes)) * jax.lax.ragged_dot(xs, up, group_sizes)
-    out = jax.lax.ragged_dot(hidden, down, group_sizes)  # [M*K, D]
-    out = out * chosen_probs.reshape(-1)[order][:, None].astype(out.dtype)
-    return jnp.zeros((m, tokens.shape[1]), out.dtype).at[token_of].add(out)

@@ -80,30 +80,25 @@ def test_one_table_of_weights_declares_every_axis(family):
     assert "layer_1.mlp.down_kernel" in sharded and "final_norm.scale" not in sharded
 
 
-def test_experts_gathered_per_token_equal_the_grouped_products():
-    """A mixture of 8 experts, 2 per token: one token (2 < 8 pairs) gathers its experts' weights, a longer batch
-    runs grouped products; the same token gets the same output either way, and a Generator decodes it."""
+def test_experts_switched_per_pair_equal_all_experts_weighted():
+    """A mixture of 8 experts, 2 per token: one token (2 < 8 pairs) runs each chosen expert alone (a switch), a longer
+    batch runs every expert weighted by the routing; the same token gets the same output either way. With one expert
+    the layer is a plain MLP, and a Generator decodes it as the uncached forward pass predicts."""
     from gpt_jax import Generator
 
     config = LLAMA_TINY.replace(n_experts=8, experts_per_token=2)
     params = init_params(config, jax.random.key(3))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (4, 9)), jnp.int32)
-    grouped = forward(config, params, tokens)[:, 0]  # 36 tokens x 2 experts: grouped
-    gathered = jnp.concatenate([forward(config, params, tokens[i : i + 1, :1])[:, 0] for i in range(4)])
-    assert np.abs(np.asarray(grouped - gathered)).max() <= 1e-5
-    dense = LLAMA_TINY.replace(n_experts=1, experts_per_token=1)  # one expert that always runs: a plain MLP
-    one = init_params(dense, jax.random.key(3))
-    plain = {k: v for k, v in one.items()}
+    weighted = forward(config, params, tokens)[:, 0]  # 36 tokens x 2 experts: every expert weighted
+    switched = jnp.concatenate([forward(config, params, tokens[i : i + 1, :1])[:, 0] for i in range(4)])
+    assert np.abs(np.asarray(weighted - switched)).max() <= 1e-5
+    one = LLAMA_TINY.replace(n_experts=1, experts_per_token=1)
+    moe = init_params(one, jax.random.key(3))
+    plain = {k: v for k, v in moe.items()}
     for i in range(LLAMA_TINY.n_layers):
-        mlp = one[f"layer_{i}"]["mlp"]
-        plain[f"layer_{i}"] = {
-            **one[f"layer_{i}"],
-            "mlp": {f"{n}_kernel": mlp[f"{n}_kernel"][0] for n in ("gate", "up", "down")},
-        }
-    assert np.abs(np.asarray(forward(dense, one, tokens) - forward(LLAMA_TINY, plain, tokens))).max() <= 1e-5
+        plain[f"layer_{i}"] = {**moe[f"layer_{i}"], "mlp": moe[f"layer_{i}"]["mlp"]["expert_0"]}
+    assert np.abs(np.asarray(forward(one, moe, tokens) - forward(LLAMA_TINY, plain, tokens))).max() <= 1e-5
     gen = Generator(config, params)
-    out = gen.generate_ids([[1, 5, 9]], max_new_tokens=6, temperature=0.0, ignore_eos=True)
-    steps = [1, 5, 9]
-    for _ in range(6):
-        steps.append(int(jnp.argmax(forward(config, params, jnp.asarray([steps]))[0, -1])))
-    assert out.token_ids[0] == steps[3:]
+    out = gen.generate_ids([[1, 5, 9]], max_new_tokens=6, temperature=0.0, ignore_eos=True).token_ids[0]
+    logits = forward(config, params, jnp.asarray([[1, 5, 9] + out]))[0]  # teacher-forced: what each step chose
+    assert np.argmax(np.asarray(logits[2:-1]), axis=-1).tolist() == out
