@@ -81,6 +81,14 @@ class DecodingRules:
         return (piece.replace(self.space, " ") if self.space else piece).encode()
 
 
+def _adds_bos(hf_tokenizer, config: ModelConfig) -> bool:
+    """Whether the tokenizer's own post-processor puts the model's BOS first, as transformers' tokenizer then does
+    (Llama 3's does; Qwen's adds nothing)."""
+    plain = hf_tokenizer.encode("a", add_special_tokens=False).ids
+    full = hf_tokenizer.encode("a", add_special_tokens=True).ids
+    return len(full) > len(plain) and full[0] == config.bos_id and full[1 : 1 + len(plain)] == plain
+
+
 class HFTokenizer(BaseTokenizer):
     """Encode with `tokenizers`, decode through exact per-token bytes; special ids come from the model config."""
 
@@ -93,7 +101,8 @@ class HFTokenizer(BaseTokenizer):
             TokenizerError,
             f"tokenizer has {vocab_size} tokens but the model's embedding has {config.vocab_size} rows",
         )
-        rules = DecodingRules(json.loads(hf_tokenizer.to_str()).get("decoder"))
+        spec = json.loads(hf_tokenizer.to_str())
+        rules = DecodingRules(spec.get("decoder"))
         added = hf_tokenizer.get_added_tokens_decoder()
         special = {t.content for t in added.values() if t.special}
         stand_ins = byte_stand_ins()
@@ -111,7 +120,7 @@ class HFTokenizer(BaseTokenizer):
             eos_id=config.eos_ids[0] if config.eos_ids else -1,
             pad_id=config.pad_id,
             unk_id=-1,
-            add_bos=config.add_bos,
+            add_bos=_adds_bos(hf_tokenizer, config) if spec.get("post_processor") else config.add_bos,
             add_eos=False,
             token_bytes=pieces,
             leading_space=[rules.drops_first_space and p.startswith(b" ") for p in pieces],

@@ -61,19 +61,53 @@ def chat_dir(corpus_slice, tmp_path_factory):
     return d, hf_tok
 
 
-@pytest.mark.parametrize("template", [TURNS, HEADERS], ids=["turns", "headers"])
-def test_rendering_and_ids_match_transformers(chat_dir, template):
+CONVERSATIONS = {
+    "multi-turn": CONVERSATION,
+    "system": [{"role": "system", "content": "Answer in verse."}, {"role": "user", "content": "Who is Romeo?"}],
+    "unicode": [{"role": "user", "content": "Qui est Roméo ? 你好 😀\n\n  tabs\tand 12345"}],
+}
+
+
+PAIRS = [  # the headers template refuses a system turn (a test below checks that refusal)
+    (template, name)
+    for template in (TURNS, HEADERS)
+    for name in CONVERSATIONS
+    if (template, name) != (HEADERS, "system")
+]
+
+
+@pytest.mark.parametrize(
+    ("template", "name"), PAIRS, ids=[f"{'turns' if t == TURNS else 'headers'}-{n}" for t, n in PAIRS]
+)
+def test_rendering_and_ids_match_transformers(chat_dir, template, name):
     d, hf_tok = chat_dir
+    conversation = CONVERSATIONS[name]
     hf_tok.chat_template = template
     ours = ChatTemplate(template, bos_token="<|begin|>", eos_token="<|end|>")
     for add in (True, False):
-        text = ours.render(CONVERSATION, add_generation_prompt=add)
-        assert text == hf_tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=add)
-    want = hf_tok.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True, return_dict=False)
+        text = ours.render(conversation, add_generation_prompt=add)
+        assert text == hf_tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add)
+    want = hf_tok.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True, return_dict=False)
     g = gpt_jax.load(d)
-    assert g.tokenizer.encode_with_special_tokens(ours.render(CONVERSATION)) == list(want)
+    assert g.tokenizer.encode_with_special_tokens(ours.render(conversation)) == list(want)
     g.tokenizer.chat_template = ours
-    assert g.tokenizer.apply_chat_template(CONVERSATION) == list(want)
+    assert g.tokenizer.apply_chat_template(conversation) == list(want)
+
+
+def test_byte_level_tokenizer_json_with_chatml_specials_matches_transformers(chat_dir):
+    d, hf_tok = chat_dir
+    tok = gpt_jax.load(d).tokenizer
+    texts = [
+        "繁體中文 😀 café",
+        "  runs   of\n\n\tspaces  ",
+        "digits 1234567890 3.14159",
+        "<|im_start|>user\nhi<|im_end|>",
+    ]
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == hf_tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == hf_tok.decode(ids, skip_special_tokens=True)
+    assert tok.encode(texts[3], add_special_tokens=False)[0] == hf_tok.convert_tokens_to_ids("<|im_start|>")
 
 
 def test_chat_generates_what_generate_ids_does_from_the_same_prompt(chat_dir):

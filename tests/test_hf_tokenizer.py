@@ -70,7 +70,7 @@ def test_sentencepiece_style_tokenizer_json_matches_transformers(corpus_slice, t
     assert any(3 <= i < 3 + 256 for i in ours.encode(TEXTS[2], add_special_tokens=False))  # byte pieces in use
     marked = "<s>Hello</s> there<s>"
     assert ours.encode_with_special_tokens(marked) == hf.encode(marked, add_special_tokens=False)
-    assert ours.encode("Hi") == [1] + hf.encode("Hi", add_special_tokens=False)  # BOS as the config says
+    assert ours.encode("Hi") == hf.encode("Hi")  # BOS or not, as the tokenizer says
 
 
 def test_an_unknown_decoder_step_is_refused(corpus_slice, tmp_path):
@@ -81,3 +81,22 @@ def test_an_unknown_decoder_step_is_refused(corpus_slice, tmp_path):
     tok.save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(CheckpointError, match=r"decoder steps \['CTC'\] are not supported"):
         load_tokenizer(tmp_path, LLAMA_TINY.replace(vocab_size=700), exact=False)
+
+
+def test_the_tokenizers_own_post_processor_decides_whether_bos_is_added(corpus_slice, tmp_path):
+    """A Llama-3-style tokenizer.json puts BOS first itself; transformers' tokenizer follows it, and so does ours,
+    whatever the model config guessed."""
+    from tokenizers import processors
+
+    tok = sentencepiece_style(corpus_slice, "llama2")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    hf.save_pretrained(tmp_path / "with")
+    config = LLAMA_TINY.replace(vocab_size=len(hf), bos_id=1, eos_ids=(2,), pad_id=0, add_bos=False)
+    ours = load_tokenizer(tmp_path / "with", config, exact=False)
+    assert ours.encode("Romeo, Romeo") == hf.encode("Romeo, Romeo") and ours.encode("Romeo")[0] == 1
+    tok.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    hf.save_pretrained(tmp_path / "without")
+    ours = load_tokenizer(tmp_path / "without", config.replace(add_bos=True), exact=False)
+    assert ours.encode("Romeo, Romeo") == hf.encode("Romeo, Romeo") and ours.encode("Romeo")[0] != 1
