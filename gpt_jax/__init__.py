@@ -12,6 +12,7 @@ from gpt_jax.errors import CheckpointError, ConfigError, GptJaxError, InputError
 from gpt_jax.generate import GenerationResult, Generator
 from gpt_jax.scoring import ScoreResult
 from gpt_jax.settings import GenerationSettings
+from gpt_jax.speculative import DraftModel, PromptLookup
 from gpt_jax.tokenizer import BaseTokenizer, IncrementalDecoder, Tokenizer, train_tokenizer
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "SHAKESPEARE",
     "CheckpointError",
     "ConfigError",
+    "DraftModel",
     "GenerationResult",
     "GenerationSettings",
     "Generator",
@@ -32,6 +34,7 @@ __all__ = [
     "IncrementalDecoder",
     "InputError",
     "ModelConfig",
+    "PromptLookup",
     "ScoreResult",
     "Tokenizer",
     "TokenizerError",

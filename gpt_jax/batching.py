@@ -16,11 +16,14 @@ MIN_LENGTH_BUCKET = 16
 
 
 def positions_from_padding(slots, pad_len):
-    """Position of each slot [T] in each left-padded row [B]: slot - pad_len, 0 on padding -> [B, T].
+    """Position of each slot ([T], or [B, T] per row) in each left-padded row [B]: slot - pad_len, 0 on padding
+    -> [B, T].
 
     The one rule for positions: prefill, decode steps and uncached forward passes all use it.
     """
-    return jnp.maximum(jnp.asarray(slots)[None, :] - jnp.asarray(pad_len)[:, None], 0).astype(jnp.int32)
+    slots = jnp.asarray(slots)
+    slots = slots[None, :] if slots.ndim == 1 else slots
+    return jnp.maximum(slots - jnp.asarray(pad_len)[:, None], 0).astype(jnp.int32)
 
 
 def bucket(n: int, minimum: int = 1) -> int:

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpt_jax.argparsing import OneLineParser
+from gpt_jax.argparsing import OneLineParser, positive_int
 from gpt_jax.compile_cache import enable_compile_cache
 from gpt_jax.errors import GptJaxError, InputError
 from gpt_jax.settings import GenerationSettings, repeat_rows
@@ -63,6 +63,11 @@ def _parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     g.add_argument("--distributed", action="store_true", help="multi-host: jax.distributed, results on host 0")
     g.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
     g.add_argument("--stream", action="store_true", help="print the text as it is generated (one prompt at a time)")
+    g.add_argument(
+        "--prompt-lookup", type=positive_int, default=None, metavar="K", help="speculate K tokens by prompt lookup"
+    )
+    g.add_argument("--draft", default=None, metavar="DIR", help="speculate with this draft model (same tokenizer)")
+    g.add_argument("--draft-tokens", type=positive_int, default=4, metavar="K", help="tokens the draft proposes")
 
     t = sub.add_parser("train", help="train a tokenizer and a model on text files")
     t.add_argument("files", nargs="+", metavar="TEXT_FILE")
@@ -100,6 +105,12 @@ def _generate(args) -> int:
     settings = {name: getattr(args, name) for name in names if name in args.given}
     for prompt in args.prompts:
         check_text(prompt, "PROMPT")
+    if args.prompt_lookup and args.draft:
+        raise InputError("--prompt-lookup and --draft are two ways to speculate: give one")
+    if args.prompt_lookup:
+        settings["speculative"] = gpt_jax.PromptLookup(num_tokens=args.prompt_lookup)
+    if args.draft:
+        settings["speculative"] = gpt_jax.DraftModel(gpt_jax.load(args.draft), num_tokens=args.draft_tokens)
     if args.distributed:
         from gpt_jax import distributed
 
@@ -232,6 +243,10 @@ def _score(args) -> int:
 
 
 def _run(argv: list[str]) -> int:
+    if argv[:1] == ["bench"] and "--speculative" in argv:  # speculative decoding's own benchmark
+        from gpt_jax.bench_speculative import main as bench_main
+
+        return bench_main([a for a in argv[1:] if a != "--speculative"])
     if argv[:1] == ["bench"]:  # the benchmark has its own argument parser
         from gpt_jax.bench import main as bench_main
 

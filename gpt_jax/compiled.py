@@ -9,7 +9,7 @@ from functools import partial
 
 import jax
 
-from gpt_jax import loop
+from gpt_jax import loop, speculative
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, check
 from gpt_jax.kv_cache import KVCache, init_cache
@@ -68,6 +68,79 @@ class CompiledPrograms:
         self.start = jax.jit(self._start, static_argnames=("buffer", "top_logprobs"))
         self.step = jax.jit(partial(loop.decode_step, self.logits_fn), donate_argnums=(1,))
         self.score = jax.jit(self._score)
+        self.speculate = jax.jit(self._speculate, static_argnames=("buffer", "top_logprobs", "proposer"))
+        self.speculative_start = jax.jit(self._speculative_start, static_argnames=("buffer", "proposer"))
+        self.speculative_step = jax.jit(self._speculative_step, static_argnames=("proposer",), donate_argnums=(1,))
+
+    def run(self, params, prep, proposer=None) -> dict:
+        """The whole decode of a prepared call, plain or speculative: its outputs as arrays."""
+        if proposer is None:
+            return self.generate(params, prep.inputs, buffer=prep.buffer, top_logprobs=prep.top_logprobs)
+        return self.speculate(
+            params,
+            prep.inputs,
+            self._extra(proposer),
+            buffer=prep.buffer,
+            top_logprobs=prep.top_logprobs,
+            proposer=proposer,
+        )
+
+    def stream_start(self, params, inputs, buffer: int, proposer=None):
+        """The state a stream continues from (plain `loop.DecodeState` or `speculative.SpecState`)."""
+        if proposer is None:
+            return self.start(params, inputs, buffer=buffer)
+        return self.speculative_start(params, inputs, self._extra(proposer), buffer=buffer, proposer=proposer)
+
+    def stream_step(self, params, state, inputs, proposer=None):
+        """One step of a stream, and the row-0 view (tokens [M], length, done) to read it by."""
+        if proposer is None:
+            state = self.step(params, state, inputs)
+            return state, (state.tokens[0], state.lengths[0], state.done[0])
+        state = self.speculative_step(params, state, inputs, self._extra(proposer), proposer=proposer)
+        return state, (state.decode.tokens[0], state.decode.lengths[0], state.decode.done[0])
+
+    def _extra(self, proposer) -> dict:
+        """A proposer's traced data: the draft's weights, or the reference tokens and their seed."""
+        if isinstance(proposer, speculative.DraftModel):
+            return {"draft_params": proposer.generator.params}
+        if isinstance(proposer, speculative.Reference):
+            names = {"reference": proposer.tokens, "key_seed": proposer.seed, "accuracy": proposer.accuracy}
+            return {**names, "vocab_size": self.config.vocab_size}
+        return {}
+
+    def _draft(self, proposer, extra: dict, rows: int, length: int) -> tuple:
+        if not isinstance(proposer, speculative.DraftModel):
+            return None, extra
+        programs = proposer.generator.programs
+        return programs.logits_fn, {**extra, "draft_cache": programs.new_cache(rows, length)}
+
+    def _speculate(self, params, inputs, extra, *, buffer: int, top_logprobs: int, proposer) -> dict:
+        self.trace_count += 1
+        b, t = inputs.tokens.shape
+        length = t + buffer + proposer.num_tokens  # room for the proposals past a row's last slot
+        draft_fn, extra = self._draft(proposer, extra, b, length)
+        spec = speculative.generate_loop(
+            self.logits_fn, params, inputs, self.new_cache(b, length), buffer, top_logprobs, proposer, draft_fn, extra
+        )
+        return {
+            **self._outputs(spec.decode),
+            "accepted": spec.accepted,
+            "proposed": spec.proposed,
+            "passes": spec.passes,
+        }
+
+    def _speculative_start(self, params, inputs, extra, *, buffer: int, proposer):
+        self.trace_count += 1
+        b, t = inputs.tokens.shape
+        length = t + buffer + proposer.num_tokens
+        draft_fn, extra = self._draft(proposer, extra, b, length)
+        return speculative.start(
+            self.logits_fn, params, inputs, self.new_cache(b, length), buffer, 0, proposer, draft_fn, extra
+        )
+
+    def _speculative_step(self, params, spec, inputs, extra, *, proposer):
+        draft_fn = proposer.generator.programs.logits_fn if isinstance(proposer, speculative.DraftModel) else None
+        return speculative.step(self.logits_fn, params, spec, inputs, proposer, draft_fn, extra)
 
     def logits_fn(self, params, tokens, positions, mask, cache):
         return self.model.apply({"params": params}, tokens, positions, mask, cache)
@@ -92,16 +165,12 @@ class CompiledPrograms:
         self.trace_count += 1
         b, t = inputs.tokens.shape
         cache = self.new_cache(b, t + buffer)
-        state = loop.generate_loop(self.logits_fn, params, inputs, cache, buffer, top_logprobs)
-        return {
-            "tokens": state.tokens,
-            "logprobs": state.logprobs,
-            "lengths": state.lengths,
-            "finish": state.finish,
-            "steps": state.step,
-            "top_ids": state.top_ids,
-            "top_logprobs": state.top_logprobs,
-        }
+        return self._outputs(loop.generate_loop(self.logits_fn, params, inputs, cache, buffer, top_logprobs))
+
+    @staticmethod
+    def _outputs(state: loop.DecodeState) -> dict:
+        names = ("tokens", "logprobs", "lengths", "finish", "top_ids", "top_logprobs")
+        return {"steps": state.step, **{name: getattr(state, name) for name in names}}
 
     def _score(self, params, tokens, valid):
         self.trace_count += 1

@@ -21,6 +21,7 @@ from gpt_jax.errors import InputError, TokenizerError, check
 from gpt_jax.model import init_params, weight_infos
 from gpt_jax.quantize import quantize_params
 from gpt_jax.scoring import ScoreResult, score_batch, windows
+from gpt_jax.speculative import DraftModel, check_draft
 from gpt_jax.settings import GenerationSettings, Prepared, check_ids, is_integer, prepare, repeat_rows
 from gpt_jax.stops import cut_at_stop, stop_strings, stop_token_ids, stream_text
 from gpt_jax.tokenizer import BaseTokenizer, IncrementalDecoder, check_text
@@ -39,6 +40,30 @@ class GenerationResult:
     steps: int  # decode-loop iterations (prefill's token counts as one)
     texts: list[str] | None = None
     top_logprobs: list[list[list[tuple[int, float]]]] | None = None  # per row, per token: (id, logprob) x k
+    # with `speculative`: per row, proposed tokens emitted ("accepted"), tokens proposed, model forward passes
+    speculation: dict[str, list[int]] | None = None
+
+
+def result_of(out: dict, prep: Prepared) -> GenerationResult:
+    """A decode's output arrays (on the host) -> the result of its real rows."""
+    rows, lengths = prep.rows, out["lengths"][: prep.rows]
+    top = None
+    if prep.top_logprobs:
+        pairs = lambda r, i: list(zip(out["top_ids"][r, i].tolist(), out["top_logprobs"][r, i].tolist()))
+        top = [[pairs(r, i) for i in range(lengths[r])] for r in range(rows)]
+    speculation = None
+    if "accepted" in out:
+        names = ("accepted", "proposed", "passes")
+        speculation = {name: out[name][:rows].tolist() for name in names}
+    return GenerationResult(
+        token_ids=[out["tokens"][r, : lengths[r]].tolist() for r in range(rows)],
+        finish_reasons=[loop.FINISH_NAMES[int(f)] for f in out["finish"][:rows]],
+        logprobs=[out["logprobs"][r, : lengths[r]].tolist() for r in range(rows)],
+        seed=prep.seed,
+        steps=int(out["steps"]),
+        top_logprobs=top,
+        speculation=speculation,
+    )
 
 
 class Generator:
@@ -92,6 +117,8 @@ class Generator:
         """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis); a decode
         that cannot fit in memory is refused here, not by an out-of-memory error halfway through."""
         prep = prepare(self.config, prompts, settings, self._data_axis())
+        if isinstance(settings.speculative, DraftModel):
+            check_draft(settings.speculative, self.config, self.tokenizer)
         check_memory(self.config, *prep.inputs.tokens.shape, prep.buffer, self.mesh)
         return prep
 
@@ -107,21 +134,7 @@ class Generator:
 
     def _generate_ids(self, prompts, s: GenerationSettings) -> GenerationResult:
         prep = self.prepare(prompts, s)
-        out = self.programs.generate(self.params, prep.inputs, buffer=prep.buffer, top_logprobs=prep.top_logprobs)
-        out = jax.device_get(out)
-        rows, lengths = prep.rows, out["lengths"][: prep.rows]
-        top = None
-        if prep.top_logprobs:
-            pairs = lambda r, i: list(zip(out["top_ids"][r, i].tolist(), out["top_logprobs"][r, i].tolist()))
-            top = [[pairs(r, i) for i in range(lengths[r])] for r in range(rows)]
-        return GenerationResult(
-            token_ids=[out["tokens"][r, : lengths[r]].tolist() for r in range(rows)],
-            finish_reasons=[loop.FINISH_NAMES[int(f)] for f in out["finish"][:rows]],
-            logprobs=[out["logprobs"][r, : lengths[r]].tolist() for r in range(rows)],
-            seed=prep.seed,
-            steps=int(out["steps"]),
-            top_logprobs=top,
-        )
+        return result_of(jax.device_get(self.programs.run(self.params, prep, s.speculative)), prep)
 
     def stream_ids(self, prompt: Sequence[int], **settings) -> Iterator[int]:
         """Yield one prompt's generated ids as they are chosen: the decode step runs from a Python loop.
@@ -131,20 +144,21 @@ class Generator:
         """
         s = GenerationSettings.of(settings, self.defaults)
         check(s.stop is None, InputError, "stop strings need a text prompt: use stream, or give stop_ids")
-        return self._stream_ids(self._prepare_stream([prompt], s))
+        return self._stream_ids(self._prepare_stream([prompt], s), s.speculative)
 
     def _prepare_stream(self, prompts, s: GenerationSettings) -> Prepared:
         check(s.n == 1, InputError, f"a stream yields one sample: n must be 1, got {s.n!r} (use generate for n > 1)")
         check(s.top_logprobs == 0, InputError, "a stream yields text or ids only: top_logprobs needs generate")
         return self.prepare(prompts, s)
 
-    def _stream_ids(self, prep: Prepared) -> Iterator[int]:
-        inputs = jax.device_put(prep.inputs)  # once, not at every step
-        state = self.programs.start(self.params, inputs, buffer=prep.buffer)
-        while True:
-            state = self.programs.step(self.params, state, inputs)
-            token, done = jax.device_get((state.last[0], state.done[0]))
-            yield int(token)
+    def _stream_ids(self, prep: Prepared, proposer=None) -> Iterator[int]:
+        inputs, sent = jax.device_put(prep.inputs), 0  # inputs once, not at every step
+        state = self.programs.stream_start(self.params, inputs, prep.buffer, proposer)
+        while True:  # a speculative step may add several tokens
+            state, view = self.programs.stream_step(self.params, state, inputs, proposer)
+            tokens, length, done = jax.device_get(view)
+            yield from (int(t) for t in tokens[sent:length])
+            sent = length
             if done:
                 return
 
@@ -205,7 +219,7 @@ class Generator:
         ids = self._encode_prompt(prompt, "prompt")
         stops = stop_strings(s.stop)
         prep = self._prepare_stream([ids], self._with_stop_ids(s, stops))
-        return stream_text(IncrementalDecoder(tok, ids), self._stream_ids(prep), stops)
+        return stream_text(IncrementalDecoder(tok, ids), self._stream_ids(prep, s.speculative), stops)
 
     def _with_stop_ids(self, s: GenerationSettings, stops: list[str]) -> GenerationSettings:
         """Text stop strings added to the token-level stops (their own encodings) of the compiled loop."""

@@ -30,7 +30,7 @@ from gpt_jax.config import ModelConfig
 class KVCache:
     k: tuple[jax.Array, ...]  # per layer, keys [B*K, H, S] (rows and kv heads merged, slots last: see above)
     v: tuple[jax.Array, ...]  # per layer, values [B*K, S, H]
-    index: jax.Array  # int32 scalar: the next slot to write
+    index: jax.Array  # int32: the next slot to write, a scalar for the whole batch or [B] one per row (speculation)
 
     @property
     def length(self) -> int:
@@ -41,14 +41,32 @@ class KVCache:
         """Write [B, T, K, H] keys and values at `index` of one layer; return the cache and that layer's full
         keys [B*K, H, S] and values [B*K, S, H]."""
         k, v = cache_layout(k.astype(self.k[layer].dtype), v.astype(self.v[layer].dtype))  # small: T slots
-        k_all = jax.lax.dynamic_update_slice(self.k[layer], k, (0, 0, self.index))
-        v_all = jax.lax.dynamic_update_slice(self.v[layer], v, (0, self.index, 0))
+        if self.index.ndim == 0 or self.index.shape[0] == 1:  # one write index (one row: its own)
+            index = self.index.reshape(())
+            k_all = jax.lax.dynamic_update_slice(self.k[layer], k, (0, 0, index))
+            v_all = jax.lax.dynamic_update_slice(self.v[layer], v, (0, index, 0))
+        else:  # each row at its own slot: [B*K, ...] seen as [B, K, ...]
+            k_all = _per_row_write(self.k[layer], k, self.index, axis=2)
+            v_all = _per_row_write(self.v[layer], v, self.index, axis=1)
         ks = self.k[:layer] + (k_all,) + self.k[layer + 1 :]
         vs = self.v[:layer] + (v_all,) + self.v[layer + 1 :]
         return self.replace(k=ks, v=vs), k_all, v_all
 
     def advance(self, steps: int | jax.Array) -> KVCache:
         return self.replace(index=self.index + steps)
+
+
+def _per_row_write(cache: jax.Array, update: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+    """Write update [B*K, ...] into cache [B*K, ...] at slot index[b] (along `axis`) of each row b's K entries."""
+    b = index.shape[0]
+    rows = lambda x: x.reshape(b, x.shape[0] // b, *x.shape[1:])
+
+    def write(c, u, i):
+        start = [0] * c.ndim
+        start[axis] = i
+        return jax.lax.dynamic_update_slice(c, u, start)
+
+    return jax.vmap(write)(rows(cache), rows(update), index).reshape(cache.shape)
 
 
 def cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -74,16 +92,19 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCa
 def cached_positions_and_mask(
     index: jax.Array, pad_len: jax.Array, query_len: int, cache_len: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Positions [B, T] of queries written at slots index..index+T-1, and their attention mask [B, T, S].
+    """Positions [B, T] of queries written at slots index..index+T-1 (index a scalar, or [B] one per row), and their
+    attention mask [B, T, S].
 
     A query at slot q sees slot s when the row's real tokens start at or before s and s <= q (causal).
     """
-    query_slots = index + jnp.arange(query_len, dtype=jnp.int32)  # [T]
+    offsets = jnp.arange(query_len, dtype=jnp.int32)
+    if jnp.ndim(index) == 0:
+        query_slots = jnp.broadcast_to(index + offsets, (pad_len.shape[0], query_len))  # [B, T]
+    else:
+        query_slots = index[:, None] + offsets[None, :]  # [B, T]
     positions = positions_from_padding(query_slots, pad_len)  # [B, T]
     key_slots = jnp.arange(cache_len, dtype=jnp.int32)  # [S]
-    mask = (key_slots[None, None, :] >= pad_len[:, None, None]) & (
-        key_slots[None, None, :] <= query_slots[None, :, None]
-    )
+    mask = (key_slots[None, None, :] >= pad_len[:, None, None]) & (key_slots[None, None, :] <= query_slots[:, :, None])
     return positions, mask
 
 

@@ -191,5 +191,5 @@ def row_keys(seed: jax.Array, row_seeds: jax.Array) -> jax.Array:
 
 
 def step_keys(keys: jax.Array, step: jax.Array) -> jax.Array:
-    """[B] keys for generated-token index `step`: fold_in(row_key, step)."""
-    return jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+    """[B] keys for generated-token index `step` (a scalar, or [B] one per row): fold_in(row_key, step)."""
+    return jax.vmap(jax.random.fold_in, (0, 0 if jnp.ndim(step) else None))(keys, step)

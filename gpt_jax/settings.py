@@ -23,6 +23,7 @@ from gpt_jax.batching import MIN_LENGTH_BUCKET, bucket, left_pad
 from gpt_jax.config import ModelConfig
 from gpt_jax.errors import InputError, check
 from gpt_jax.penalties import Penalties
+from gpt_jax.speculative import DraftModel, PromptLookup, Reference
 from gpt_jax.sampling import SamplingParams, fill_rows
 
 MAX_EOS_IDS = 8
@@ -67,6 +68,7 @@ class GenerationSettings:
     stop_ids: Any = _setting(None, "token-id stop sequences (generate_ids)", cli=False)
     n: int = _setting(1, "samples per prompt")
     top_logprobs: int = _setting(0, "record the k most likely alternatives per token", cli=False)
+    speculative: Any = _setting(None, "PromptLookup(...) or DraftModel(...): same output, fewer passes", cli=False)
 
     @classmethod
     def of(cls, settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> GenerationSettings:
@@ -183,6 +185,11 @@ def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], settings: Gen
         isinstance(s.ignore_eos, (bool, np.bool_)),
         InputError,
         f"ignore_eos must be True or False, got {s.ignore_eos!r}",
+    )
+    check(
+        s.speculative is None or isinstance(s.speculative, (PromptLookup, DraftModel, Reference)),
+        InputError,
+        f"speculative must be None, gpt_jax.PromptLookup(...) or gpt_jax.DraftModel(...), got {_short(s.speculative)}",
     )
     prompts = [check_ids(config, i, p) for i, p in enumerate(prompts)]
     rows = len(prompts)
