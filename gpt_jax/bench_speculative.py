@@ -66,7 +66,7 @@ def compare(gen, prompts, settings, speculative, plain, repeats: int) -> dict:
     return {
         "tokens_per_s": round(tokens / seconds, 1),
         "ratio": round(plain[0] / seconds, 2),
-        "accepted_per_pass": round(tokens / passes, 2),
+        "tokens_per_pass": round(tokens / passes, 2),
         "acceptance": round(sum(out.speculation["accepted"]) / max(1, sum(out.speculation["proposed"])), 3),
     }
 

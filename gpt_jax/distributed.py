@@ -91,7 +91,8 @@ def generate(gen: Generator, prompts: Sequence[str], **overrides) -> GenerationR
     logprobs = np.zeros((per_host, budget), np.float32)
     if mine:
         mine_settings = dataclasses.replace(settings, row_seeds=mine, **_rows_of(settings, mine))
-        out = gen.generate([prompts[i] for i in mine], **dataclasses.asdict(mine_settings))
+        fields = {f.name: getattr(mine_settings, f.name) for f in dataclasses.fields(mine_settings)}  # not asdict:
+        out = gen.generate([prompts[i] for i in mine], **fields)  # it would take a speculative proposer apart
         for j, (toks, lps, reason) in enumerate(zip(out.token_ids, out.logprobs, out.finish_reasons)):
             ids[j, : len(toks)], logprobs[j, : len(toks)], finish[j] = toks, lps, FINISH_CODES[reason]
     all_ids = multihost_utils.process_allgather(ids)  # [H, per_host, M]

@@ -10,9 +10,11 @@ any k and any proposer; proposals only decide how many tokens one forward pass y
 one at a time with plain decoding's stop rules (EOS, stop sequences, budget), so a row stops exactly where it would.
 
 Rows accept different counts, so here the cache index is per row (`kv_cache`); slots written for rejected proposals
-lie beyond the row's index, masked (causal) until overwritten. A row whose proposals keep failing stops proposing
-for 3, 15, 63, then 255 steps (each miss in a row quadruples the pause, a hit ends it); when no row proposes, the
-step is a plain one-position forward pass, so wrong proposals cost little.
+lie beyond the row's index, masked (causal) until overwritten. Each row keeps a running average of the proposals
+it gets accepted per pass (`credit`); when that falls below 0.3 the row stops proposing for 4 steps, then 16, 64
+and 256 while its trial passes keep failing (a pass that restores the credit ends the backoff). When no row
+proposes, the step is a plain one-position forward pass: wrong proposals cost a few wide passes, right ones save
+most of the passes.
 
 Proposers (static settings; their traced data, if any, travel in `extra`):
   PromptLookup  - the tokens that followed the latest earlier occurrence of the row's last n tokens (n from
@@ -42,7 +44,8 @@ from gpt_jax.kv_cache import KVCache, cached_positions_and_mask
 from gpt_jax.sampling import sample, sanitize, step_keys
 
 MAX_PROPOSED = 16
-MAX_PAUSE = 255
+CREDIT_START, CREDIT_DECAY, CREDIT_FLOOR = 0.6, 0.7, 0.3  # accepted proposals per pass: start, averaging, floor
+FIRST_PAUSE, MAX_PAUSE = 4, 256
 
 
 def _check_count(name: str, value, high: int) -> None:
@@ -132,8 +135,9 @@ class SpecState:
     accepted: jax.Array  # [B] proposed tokens emitted
     proposed: jax.Array  # [B] tokens proposed
     passes: jax.Array  # [B] forward passes of the model while the row ran (prefill included)
-    misses: jax.Array  # [B] consecutive steps whose proposals all failed
+    credit: jax.Array  # [B] running average of proposals accepted per pass that offered some
     pause: jax.Array  # [B] steps left without proposing
+    backoff: jax.Array  # [B] the next pause
     draft_cache: KVCache | None
 
 
@@ -147,7 +151,8 @@ def start(logits_fn, params, inputs, cache, buffer, top_logprobs, proposer, draf
     draft_cache = None
     if isinstance(proposer, DraftModel):
         draft_cache = draft_prefill(draft_fn, extra["draft_params"], inputs, extra["draft_cache"])
-    return SpecState(state, zeros, zeros, jnp.ones((b,), jnp.int32), zeros, zeros, draft_cache)
+    credit, backoff = jnp.full((b,), CREDIT_START), jnp.full((b,), FIRST_PAUSE, jnp.int32)
+    return SpecState(state, zeros, zeros, jnp.ones((b,), jnp.int32), credit, zeros, backoff, draft_cache)
 
 
 def draft_prefill(draft_fn, draft_params, inputs, cache: KVCache) -> KVCache:
@@ -277,16 +282,19 @@ def verify(logits_fn, params, spec: SpecState, inputs, proposals: jax.Array) -> 
     emitted = state.lengths - spec.decode.lengths
     state = state.replace(cache=cache.replace(index=index + emitted), step=state.step + 1)
     offered = jnp.sum(proposals >= 0, axis=1) * running
-    missed = (offered > 0) & (emitted <= 1)
-    misses = jnp.where(missed, spec.misses + 1, jnp.where(offered > 0, 0, spec.misses))
-    pause = jnp.where(missed, jnp.minimum(4**jnp.minimum(misses, 4) - 1, MAX_PAUSE), jnp.maximum(spec.pause - 1, 0))
+    tried = offered > 0
+    credit = jnp.where(tried, CREDIT_DECAY * spec.credit + (1 - CREDIT_DECAY) * (emitted - 1), spec.credit)
+    stop = tried & (credit < CREDIT_FLOOR)
+    pause = jnp.where(stop, spec.backoff, jnp.maximum(spec.pause - 1, 0))
+    backoff = jnp.where(stop, jnp.minimum(4 * spec.backoff, MAX_PAUSE), jnp.where(tried, FIRST_PAUSE, spec.backoff))
     return spec.replace(
         decode=state,
         accepted=spec.accepted + jnp.maximum(emitted - 1, 0),
         proposed=spec.proposed + offered,
         passes=spec.passes + running,
-        misses=misses,
+        credit=credit,
         pause=pause,
+        backoff=backoff,
     )
 
 

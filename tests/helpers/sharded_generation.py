@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from gpt_jax import GenerationSettings, Generator, InputError
+from gpt_jax import GenerationSettings, Generator, InputError, PromptLookup
 from gpt_jax.config import LLAMA_TINY
 from gpt_jax.model import init_params
 from gpt_jax.sharding import make_mesh
@@ -58,6 +58,13 @@ for name, mesh in standard.items():
         "greedy_equal": g.generate_ids(prompts, temperature=0.0, **kw).token_ids == greedy_ref,
         "sampled_equal": g.generate_ids(prompts, temperature=1.0, top_p=0.9, seed=7, **kw).token_ids == sampled_ref,
     }
+
+g, lookup = Generator(cfg, params, mesh=make_mesh(2, 4)), PromptLookup(num_tokens=4)  # per-row cache writes, sharded
+report["speculative 2x4"] = {
+    "greedy_equal": g.generate_ids(prompts, temperature=0.0, speculative=lookup, **kw).token_ids == greedy_ref,
+    "sampled_equal": g.generate_ids(prompts, temperature=1.0, top_p=0.9, seed=7, speculative=lookup, **kw).token_ids
+    == sampled_ref,
+}
 
 try:
     Generator(cfg.replace(n_kv_heads=4), params, mesh=make_mesh(1, 8))
