@@ -21,6 +21,7 @@ MIXED = dict(  # one row greedy with min_new_tokens and a bias, one seeded top-p
     stop_ids=[[7, 7]],
     n=2,
     seed=3,
+    top_logprobs=3,
 )
 
 
@@ -28,6 +29,10 @@ def same(plain, spec):
     assert spec.token_ids == plain.token_ids and spec.finish_reasons == plain.finish_reasons
     for a, b in zip(plain.logprobs, spec.logprobs):
         assert np.allclose(a, b, atol=1e-5, rtol=0)
+    if plain.top_logprobs is not None:
+        for row_a, row_b in zip(plain.top_logprobs, spec.top_logprobs):
+            assert [[i for i, _ in t] for t in row_a] == [[i for i, _ in t] for t in row_b]
+            assert np.allclose([[v for _, v in t] for t in row_a], [[v for _, v in t] for t in row_b], atol=1e-5)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -89,12 +94,12 @@ def test_the_bundled_model_with_stop_strings_streaming_and_text():
     gen = gpt_jax.load()
     prompts = ["ROMEO:\nBut soft, what light", "KING HENRY:\nOnce more unto the breach, dear friends, once more"]
     settings = dict(max_new_tokens=40, seed=7, stop=["\n\n"])
-    for k in (1, 4):
-        for mix in (dict(temperature=0.0), dict(temperature=0.9, presence_penalty=0.5)):
-            plain = gen.generate(prompts, **settings, **mix)
-            spec = gen.generate(prompts, **settings, **mix, speculative=PromptLookup(num_tokens=k))
-            same(plain, spec)
-            assert spec.texts == plain.texts
+    mixes = (dict(temperature=0.0), dict(temperature=0.9, presence_penalty=0.5))
+    plains = [gen.generate(prompts, **settings, **mix) for mix in mixes]
+    for i, k in enumerate((1, 2, 4, 8)):  # the two mixes in turn
+        spec = gen.generate(prompts, **settings, **mixes[i % 2], speculative=PromptLookup(num_tokens=k))
+        same(plains[i % 2], spec)
+        assert spec.texts == plains[i % 2].texts
     lookup = PromptLookup(num_tokens=4)
     streamed = "".join(gen.stream(prompts[1], max_new_tokens=40, seed=7, temperature=0.0, speculative=lookup))
     assert streamed == gen.generate(prompts[1], max_new_tokens=40, seed=7, temperature=0.0).texts[0]
@@ -123,6 +128,17 @@ def test_prompt_lookup_proposes_what_followed_the_latest_match():
     # row 1 ends "4 4 4" (text 1 2 3 4 4 4 4): latest earlier "4 4 4" at 4 is followed by 4, then periodically 4
     assert got == [[9, 5, 6, 9], [4, 4, 4, 4]]
     assert lookup(tokens, jnp.asarray([4, 3]), pad_len, k=2, max_ngram=2).tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_the_command_line_speculates_with_the_same_output(capsys):
+    from tests.conftest import run_cli
+
+    argv = ["generate", "ROMEO:", "--seed", "4", "--max-new-tokens", "24", "--json"]
+    code, plain, _ = run_cli(capsys, argv)
+    assert code == 0
+    assert run_cli(capsys, [*argv, "--prompt-lookup", "3"])[1] == plain
+    code, _, err = run_cli(capsys, [*argv, "--prompt-lookup", "3", "--draft", "x"])
+    assert code == 2 and "give one" in err
 
 
 def test_bad_speculation_settings_are_typed_errors(model):
