@@ -5,8 +5,10 @@ positions [last, P_1..P_k] (written to the row's own cache slots) and, at each p
 plain decoding chooses that token: the same penalties (their counts advanced by P_1..P_j, the tokens before it), the
 same sampler with the same key fold_in(row_key, t + j). The row emits c_0, c_1, ..., c_n, where n is the number of
 leading proposals equal to the choice before them (P_{j+1} == c_j). Every emitted token is the model's own choice,
-made from the state and key plain decoding would have used, so the output is plain decoding's, token for token, for
-any k and any proposer; proposals only decide how many tokens one forward pass yields. Emitted tokens are appended
+made from the state and key plain decoding would have used, so the output is plain decoding's for any k and any
+proposer; proposals only decide how many tokens one forward pass yields. (Up to rounding: XLA:CPU multiplies one
+row with another kernel than several, so a k + 1-position pass's logits differ from a one-token step's by about
+1e-6, and a sampled draw within that of a boundary can differ: seen on near-flat random-weight distributions.) Emitted tokens are appended
 one at a time with plain decoding's stop rules (EOS, stop sequences, budget), so a row stops exactly where it would.
 
 Rows accept different counts, so here the cache index is per row (`kv_cache`); slots written for rejected proposals
