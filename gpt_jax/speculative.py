@@ -8,8 +8,9 @@ leading proposals equal to the choice before them (P_{j+1} == c_j). Every emitte
 made from the state and key plain decoding would have used, so the output is plain decoding's for any k and any
 proposer; proposals only decide how many tokens one forward pass yields. (Up to rounding: XLA:CPU multiplies one
 row with another kernel than several, so a k + 1-position pass's logits differ from a one-token step's by about
-1e-6, and a sampled draw within that of a boundary can differ: seen on near-flat random-weight distributions.) Emitted tokens are appended
-one at a time with plain decoding's stop rules (EOS, stop sequences, budget), so a row stops exactly where it would.
+1e-6, and a sampled draw within that of a boundary can differ: seen on near-flat random-weight distributions.)
+Emitted tokens are appended one at a time with plain decoding's stop rules (EOS, stop sequences, budget), so a row
+stops exactly where it would.
 
 Rows accept different counts, so here the cache index is per row (`kv_cache`); slots written for rejected proposals
 lie beyond the row's index, masked (causal) until overwritten. Each row keeps a running average of the proposals
