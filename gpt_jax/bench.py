@@ -28,6 +28,13 @@ from gpt_jax.argparsing import OneLineParser, positive_int
 SHAPES = ("gpt2-small", "llama-small", "llama-1b")  # presets of config.py; weights are random, shared by both engines
 
 
+def weight_bytes(params) -> int:
+    """Bytes a decode step reads for the weights: every parameter once."""
+    import jax  # imported late, as everywhere here: the thread settings must come first
+
+    return sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
+
+
 def read_bandwidth_gbs(size_bytes: int = 1 << 29, threads: int | None = None) -> tuple[float, dict[str, float]]:
     """The best read any engine achieves on all cores, in GB/s, and each method's median of five reads.
 
@@ -71,7 +78,6 @@ def peak_rss_mb() -> float:
 
 class JaxEngine:
     def __init__(self, directory: Path, dtype: str, int8: str | None = None):
-        import jax
 
         import gpt_jax
 
@@ -81,7 +87,7 @@ class JaxEngine:
             self.gen, self.name = self.gen.quantize_int8(), "gpt_jax_int8"
         elif int8 == "dynamic":
             self.gen, self.name = self.gen.quantize_int8(activations=True), "gpt_jax_w8a8"
-        self.weight_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(self.gen.params))
+        self.weight_bytes = weight_bytes(self.gen.params)
 
     def run(self, prompts, new_tokens, mode):
         kw = dict(temperature=0.0) if mode == "greedy" else dict(temperature=1.0, top_p=0.95)

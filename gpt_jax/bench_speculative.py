@@ -28,7 +28,8 @@ import numpy as np
 
 import gpt_jax
 from gpt_jax.argparsing import OneLineParser, positive_int
-from gpt_jax.bench import read_bandwidth_gbs
+from gpt_jax.batching import bucket
+from gpt_jax.bench import read_bandwidth_gbs, weight_bytes
 from gpt_jax.config import PRESETS
 from gpt_jax.speculative import Reference
 from gpt_jax.train import TrainConfig, train
@@ -52,10 +53,6 @@ def timed(gen, prompts, settings, repeats: int) -> tuple[float, gpt_jax.Generati
     return best, out
 
 
-def weight_bytes(gen) -> int:
-    return sum(x.nbytes for x in jax.tree_util.tree_leaves(gen.params))
-
-
 def compare(gen, prompts, settings, speculative, plain, repeats: int) -> dict:
     """One speculative configuration against the plain run `plain` (seconds, result)."""
     seconds, out = timed(gen, prompts, {**settings, "speculative": speculative}, repeats)
@@ -75,14 +72,14 @@ def ceiling(args, bandwidth: float) -> list[dict]:
     rows = []
     for shape in args.shapes:
         gen = gpt_jax.Generator.from_config(PRESETS[shape], key=0)
-        roofline_per_row = bandwidth * 1e9 / weight_bytes(gen)
+        roofline_per_row = bandwidth * 1e9 / weight_bytes(gen.params)
         rng = np.random.default_rng(0)
         for batch in args.batches:
-            prompts = [rng.integers(3, 1000, 32).tolist() for _ in range(batch)]
+            prompts = [rng.integers(3, min(1000, gen.config.vocab_size), 32).tolist() for _ in range(batch)]
             settings = dict(max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
             plain = timed(gen, prompts, settings, args.repeats)
             plain_tps = batch * args.new_tokens / plain[0]
-            reference = np.zeros((_bucket(batch), args.new_tokens), np.int32)
+            reference = np.zeros((bucket(batch), args.new_tokens), np.int32)  # the call's rows
             reference[:batch] = plain[1].token_ids
             row = {"shape": shape, "batch": batch, "plain_tokens_per_s": round(plain_tps, 1)}
             row["plain_roofline"] = round(plain_tps / (batch * roofline_per_row), 3)
@@ -94,13 +91,6 @@ def ceiling(args, bandwidth: float) -> list[dict]:
                     print(f"{shape} batch {batch} a={a} k={k}: {r} (plain {plain_tps:.1f} tok/s)", file=sys.stderr)
             rows.append(row)
     return rows
-
-
-def _bucket(n: int) -> int:
-    size = 1
-    while size < n:
-        size *= 2
-    return size
 
 
 def lookup(args) -> list[dict]:

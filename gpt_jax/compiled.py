@@ -108,39 +108,30 @@ class CompiledPrograms:
             return {**names, "vocab_size": self.config.vocab_size}
         return {}
 
-    def _draft(self, proposer, extra: dict, rows: int, length: int) -> tuple:
-        if not isinstance(proposer, speculative.DraftModel):
-            return None, extra
-        programs = proposer.generator.programs
-        return programs.logits_fn, {**extra, "draft_cache": programs.new_cache(rows, length)}
+    @staticmethod
+    def _draft_fn(proposer):
+        return proposer.generator.programs.logits_fn if isinstance(proposer, speculative.DraftModel) else None
 
-    def _speculate(self, params, inputs, extra, *, buffer: int, top_logprobs: int, proposer) -> dict:
-        self.trace_count += 1
-        b, t = inputs.tokens.shape
-        length = t + buffer + proposer.num_tokens  # room for the proposals past a row's last slot
-        draft_fn, extra = self._draft(proposer, extra, b, length)
-        spec = speculative.generate_loop(
-            self.logits_fn, params, inputs, self.new_cache(b, length), buffer, top_logprobs, proposer, draft_fn, extra
-        )
-        return {
-            **self._outputs(spec.decode),
-            "accepted": spec.accepted,
-            "proposed": spec.proposed,
-            "passes": spec.passes,
-        }
-
-    def _speculative_start(self, params, inputs, extra, *, buffer: int, proposer):
+    def _speculative_start(self, params, inputs, extra, *, buffer: int, proposer, top_logprobs: int = 0):
+        """Prefill and the first token; the cache (and a draft's) with room for proposals past a row's last slot."""
         self.trace_count += 1
         b, t = inputs.tokens.shape
         length = t + buffer + proposer.num_tokens
-        draft_fn, extra = self._draft(proposer, extra, b, length)
-        return speculative.start(
-            self.logits_fn, params, inputs, self.new_cache(b, length), buffer, 0, proposer, draft_fn, extra
+        if isinstance(proposer, speculative.DraftModel):
+            extra = {**extra, "draft_cache": proposer.generator.programs.new_cache(b, length)}
+        cache, draft_fn = self.new_cache(b, length), self._draft_fn(proposer)
+        return speculative.start(self.logits_fn, params, inputs, cache, buffer, top_logprobs, proposer, draft_fn, extra)
+
+    def _speculate(self, params, inputs, extra, *, buffer: int, top_logprobs: int, proposer) -> dict:
+        spec = self._speculative_start(
+            params, inputs, extra, buffer=buffer, proposer=proposer, top_logprobs=top_logprobs
         )
+        spec = speculative.run_loop(self.logits_fn, params, spec, inputs, proposer, self._draft_fn(proposer), extra)
+        names = ("accepted", "proposed", "passes")
+        return {**self._outputs(spec.decode), **{name: getattr(spec, name) for name in names}}
 
     def _speculative_step(self, params, spec, inputs, extra, *, proposer):
-        draft_fn = proposer.generator.programs.logits_fn if isinstance(proposer, speculative.DraftModel) else None
-        return speculative.step(self.logits_fn, params, spec, inputs, proposer, draft_fn, extra)
+        return speculative.step(self.logits_fn, params, spec, inputs, proposer, self._draft_fn(proposer), extra)
 
     def logits_fn(self, params, tokens, positions, mask, cache):
         return self.model.apply({"params": params}, tokens, positions, mask, cache)

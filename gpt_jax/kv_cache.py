@@ -41,10 +41,9 @@ class KVCache:
         """Write [B, T, K, H] keys and values at `index` of one layer; return the cache and that layer's full
         keys [B*K, H, S] and values [B*K, S, H]."""
         k, v = cache_layout(k.astype(self.k[layer].dtype), v.astype(self.v[layer].dtype))  # small: T slots
-        if self.index.ndim == 0 or self.index.shape[0] == 1:  # one write index (one row: its own)
-            index = self.index.reshape(())
-            k_all = jax.lax.dynamic_update_slice(self.k[layer], k, (0, 0, index))
-            v_all = jax.lax.dynamic_update_slice(self.v[layer], v, (0, index, 0))
+        if self.index.ndim == 0:
+            k_all = jax.lax.dynamic_update_slice(self.k[layer], k, (0, 0, self.index))
+            v_all = jax.lax.dynamic_update_slice(self.v[layer], v, (0, self.index, 0))
         else:  # each row at its own slot: [B*K, ...] seen as [B, K, ...]
             k_all = _per_row_write(self.k[layer], k, self.index, axis=2)
             v_all = _per_row_write(self.v[layer], v, self.index, axis=1)

@@ -80,13 +80,8 @@ def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInput
     token, logprob = sample(step_keys(state.keys, t), processed, inputs.sampling, raw_logits=logits)
     token = jnp.where(state.done, inputs.pad_id, token)
     logprob = jnp.where(state.done, 0.0, logprob)
-    is_eos = jnp.any(token[:, None] == inputs.eos_ids[None, :], axis=-1) & ~state.done
-    recent = jnp.concatenate([state.recent[:, 1:], token[:, None]], axis=1)
-    is_stop = match_stop(recent, inputs.stop_seqs)
-    is_stop &= ~state.done & ~is_eos
     no_room = state.cache.index >= state.cache.length  # the token could not be fed back: nothing can follow it
-    out_of_budget = ((t + 1 >= inputs.max_new_tokens) | no_room) & ~state.done & ~is_eos & ~is_stop
-    finish = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, jnp.where(out_of_budget, LENGTH, state.finish)))
+    ends = row_endings(state, token, inputs, ~state.done, (t + 1 >= inputs.max_new_tokens) | no_room)
     return state.replace(
         step=t + 1,
         last=token,
@@ -94,11 +89,26 @@ def choose_and_append(state: DecodeState, logits: jax.Array, inputs: DecodeInput
         logprobs=jax.lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, t)),
         **_top_alternatives(state, logits, t),
         lengths=jnp.where(state.done, state.lengths, t + 1),
-        recent=recent,
         counts=state.counts.at[jnp.arange(token.shape[0]), token].add(jnp.where(state.done, 0, 1)),
-        done=state.done | is_eos | is_stop | out_of_budget,
-        finish=finish,
+        **ends,
     )
+
+
+def row_endings(state: DecodeState, token: jax.Array, inputs: DecodeInputs, take: jax.Array, budget: jax.Array):
+    """Step 8 for `token` [B] appended where `take`: the rows it ends, by EOS, then a stop sequence, then `budget`
+    ([B], the row's budget or room is used up). Returns the new recent, done and finish."""
+    is_eos = take & jnp.any(token[:, None] == inputs.eos_ids[None, :], axis=-1)
+    recent = jnp.where(take[:, None], jnp.concatenate([state.recent[:, 1:], token[:, None]], axis=1), state.recent)
+    is_stop = take & match_stop(recent, inputs.stop_seqs) & ~is_eos
+    out_of_budget = take & budget & ~is_eos & ~is_stop
+    finish = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, jnp.where(out_of_budget, LENGTH, state.finish)))
+    return {"recent": recent, "done": state.done | is_eos | is_stop | out_of_budget, "finish": finish}
+
+
+def top_alternatives(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """The k most likely ids [B, k] under the raw distribution of `logits` [B, V], and their log-probabilities."""
+    values, ids = jax.lax.top_k(jax.nn.log_softmax(sanitize(logits), axis=-1), k)
+    return values, ids.astype(jnp.int32)
 
 
 def _top_alternatives(state: DecodeState, logits: jax.Array, t: jax.Array) -> dict:
@@ -106,9 +116,9 @@ def _top_alternatives(state: DecodeState, logits: jax.Array, t: jax.Array) -> di
     k = state.top_ids.shape[-1]
     if k == 0:
         return {}
-    values, ids = jax.lax.top_k(jax.nn.log_softmax(sanitize(logits), axis=-1), k)
+    values, ids = top_alternatives(logits, k)
     return {
-        "top_ids": jax.lax.dynamic_update_slice(state.top_ids, ids[:, None].astype(jnp.int32), (0, t, 0)),
+        "top_ids": jax.lax.dynamic_update_slice(state.top_ids, ids[:, None], (0, t, 0)),
         "top_logprobs": jax.lax.dynamic_update_slice(state.top_logprobs, values[:, None], (0, t, 0)),
     }
 

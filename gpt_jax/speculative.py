@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from gpt_jax import loop, penalties
 from gpt_jax.errors import InputError, check
 from gpt_jax.kv_cache import KVCache, cached_positions_and_mask
-from gpt_jax.sampling import sample, sanitize, step_keys
+from gpt_jax.sampling import sample, step_keys
 
 MAX_PROPOSED = 16
 CREDIT_START, CREDIT_DECAY, CREDIT_FLOOR = 0.6, 0.7, 0.3  # accepted proposals per pass: start, averaging, floor
@@ -209,8 +209,8 @@ def draft_proposals(spec: SpecState, inputs, proposer: DraftModel, draft_fn, ext
     every emitted token, whatever was accepted), then draws k times with the target's keys and sampling."""
     state, cache = spec.decode, spec.draft_cache
     index = state.cache.index  # [B] the slot of `last`
-    tokens, _ = history(state, inputs)
-    before = jnp.take_along_axis(tokens, (inputs.tokens.shape[1] + state.lengths - 2)[:, None], axis=1)[:, 0]
+    previous = jnp.take_along_axis(state.tokens, jnp.maximum(state.lengths - 2, 0)[:, None], axis=1)[:, 0]
+    before = jnp.where(state.lengths >= 2, previous, inputs.tokens[:, -1])  # the prompt's last, at first
     feed = jnp.stack([before, state.last], axis=1)  # [B, 2] at slots index-1, index
     cache = cache.replace(index=index - 1)
     proposals = []
@@ -226,13 +226,7 @@ def draft_proposals(spec: SpecState, inputs, proposer: DraftModel, draft_fn, ext
 def append(state: loop.DecodeState, token, logprob, raw_logits, inputs: loop.DecodeInputs, take) -> loop.DecodeState:
     """Append `token` [B] to the rows where `take`, at each row's own position, with plain decoding's stop rules."""
     t, rows, buffer = state.lengths, jnp.arange(token.shape[0]), state.tokens.shape[1]
-    is_eos = take & jnp.any(token[:, None] == inputs.eos_ids[None, :], axis=-1)
-    recent = jnp.where(take[:, None], jnp.concatenate([state.recent[:, 1:], token[:, None]], axis=1), state.recent)
-    is_stop = take & loop.match_stop(recent, inputs.stop_seqs) & ~is_eos
-    out_of_budget = take & ((t + 1 >= inputs.max_new_tokens) | (t + 1 >= buffer)) & ~is_eos & ~is_stop
-    finish = jnp.where(
-        is_eos, loop.EOS, jnp.where(is_stop, loop.STOP, jnp.where(out_of_budget, loop.LENGTH, state.finish))
-    )
+    ends = loop.row_endings(state, token, inputs, take, (t + 1 >= inputs.max_new_tokens) | (t + 1 >= buffer))
     slot = jnp.where(take, t, buffer)  # out of range: dropped
     updates = {
         "tokens": state.tokens.at[rows, slot].set(token, mode="drop"),
@@ -240,17 +234,15 @@ def append(state: loop.DecodeState, token, logprob, raw_logits, inputs: loop.Dec
     }
     k = state.top_ids.shape[-1]
     if k:
-        values, ids = jax.lax.top_k(jax.nn.log_softmax(sanitize(raw_logits), axis=-1), k)
-        updates["top_ids"] = state.top_ids.at[rows, slot].set(ids.astype(jnp.int32), mode="drop")
+        values, ids = loop.top_alternatives(raw_logits, k)
+        updates["top_ids"] = state.top_ids.at[rows, slot].set(ids, mode="drop")
         updates["top_logprobs"] = state.top_logprobs.at[rows, slot].set(values, mode="drop")
     return state.replace(
         **updates,
+        **ends,
         last=jnp.where(take, token, state.last),
         lengths=jnp.where(take, t + 1, t),
-        recent=recent,
         counts=state.counts.at[rows, jnp.where(take, token, 0)].add(take.astype(jnp.int32)),
-        done=state.done | is_eos | is_stop | out_of_budget,
-        finish=finish,
     )
 
 
@@ -328,9 +320,8 @@ def step(logits_fn, params, spec: SpecState, inputs, proposer: Proposer, draft_f
     return spec
 
 
-def generate_loop(logits_fn, params, inputs, cache, buffer, top_logprobs, proposer, draft_fn=None, extra=None):
-    """The whole speculative decode; jit with buffer, top_logprobs and proposer static."""
-    spec = start(logits_fn, params, inputs, cache, buffer, top_logprobs, proposer, draft_fn, extra)
+def run_loop(logits_fn, params, spec: SpecState, inputs, proposer: Proposer, draft_fn=None, extra=None) -> SpecState:
+    """From `start`'s state, step until every row is done; jit with the proposer static."""
     spec = jax.lax.while_loop(
         lambda s: ~jnp.all(s.decode.done),
         lambda s: step(logits_fn, params, s, inputs, proposer, draft_fn, extra),
