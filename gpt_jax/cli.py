@@ -80,6 +80,9 @@ def _parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     add_dataclass_flags(t, TrainConfig)
 
     sub.add_parser("bench", help="decode benchmark against transformers (see gpt-jax bench --help)", add_help=False)
+    sub.add_parser(
+        "bench-serve", help="the server against static batching (see gpt-jax bench-serve --help)", add_help=False
+    )
     s = sub.add_parser("score", help="perplexity of the model on a text file")
     s.add_argument("file")
     s.add_argument("--model", default=None)
@@ -87,7 +90,18 @@ def _parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     c.add_argument("--model", default=None, help="model directory with a chat template")
     c.add_argument("--system", default=None, help="a system message that starts the conversation")
     add_dataclass_flags(c, GenerationSettings, lambda f: f.metadata["cli"] and f.name not in ("n", "stop"), defaults)
-    return p, {"generate": g, "train": t, "score": s, "chat": c}
+    v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching (extra: serve)")
+    v.add_argument("--model", default=None, help="model directory (default: the bundled Shakespeare model)")
+    v.add_argument("--served-model-name", default=None, help="the model's name in the API (default: directory name)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    v.add_argument("--slots", type=positive_int, default=8, help="sequences decoded together")
+    v.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot; more get 429")
+    v.add_argument("--max-len", type=positive_int, default=None, help="prompt + output tokens per slot")
+    v.add_argument("--chunk", type=positive_int, default=256, help="prompt tokens prefilled between decode steps")
+    v.add_argument("--steps-per-dispatch", type=positive_int, default=4, help="decode steps per device call")
+    v.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
+    return p, {"generate": g, "train": t, "score": s, "chat": c, "serve": v}
 
 
 def _mesh(text: str | None):
@@ -181,6 +195,24 @@ def _chat(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import gpt_jax
+
+    try:
+        from gpt_jax.serve_run import serve
+    except ImportError as e:
+        raise InputError(
+            f"gpt-jax serve needs the serve extra ({e.name} is missing): pip install 'gpt-jax[serve]'"
+        ) from None
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be in [0, 65535], got {args.port}")
+    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh))
+    name = args.served_model_name or (Path(args.model).resolve().name if args.model else "shakespeare")
+    options = {"slots": args.slots, "max_queue": args.max_queue, "max_len": args.max_len, "chunk": args.chunk}
+    serve(gen, name, args.host, args.port, steps_per_dispatch=args.steps_per_dispatch, **options)
+    return 0
+
+
 def _print_texts(prompts, result, as_json: bool) -> None:
     for i, (prompt, text) in enumerate(zip(prompts, result.texts)):
         if as_json:
@@ -247,6 +279,10 @@ def _run(argv: list[str]) -> int:
         from gpt_jax.bench_speculative import main as bench_main
 
         return bench_main([a for a in argv[1:] if a != "--speculative"])
+    if argv[:1] == ["bench-serve"]:
+        from gpt_jax.bench_serve import main as bench_serve_main
+
+        return bench_serve_main(argv[1:])
     if argv[:1] == ["bench"]:  # the benchmark has its own argument parser
         from gpt_jax.bench import main as bench_main
 
@@ -259,7 +295,8 @@ def _run(argv: list[str]) -> int:
         explicit = _parser(defaults=argparse.SUPPRESS)[1][args.command]  # flags without defaults: only the given
         args.given = set(vars(explicit.parse_known_args(argv[1:])[0]))
     enable_compile_cache()  # a later run of the same shapes skips compilation (GPT_JAX_COMPILE_CACHE=off: never)
-    return {"generate": _generate, "train": _train, "score": _score, "chat": _chat}[args.command](args)
+    commands = {"generate": _generate, "train": _train, "score": _score, "chat": _chat, "serve": _serve}
+    return commands[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

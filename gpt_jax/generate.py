@@ -200,13 +200,17 @@ class Generator:
         stops = stop_strings(s.stop)
         result = self._generate_ids(ids, self._with_stop_ids(s, stops))
         texts, token_ids, logprobs, finish = [], [], [], list(result.finish_reasons)
+        top = None if result.top_logprobs is None else []
         for r, (prompt_ids, new_ids) in enumerate(zip(repeat_rows(ids, s.n), result.token_ids)):
             text, keep, stopped = cut_at_stop(IncrementalDecoder(tok, prompt_ids).decode_all(new_ids), stops)
             finish[r] = "stop" if stopped else finish[r]
             texts.append(text)
             token_ids.append(new_ids[:keep])
             logprobs.append(result.logprobs[r][:keep])
-        return dataclasses.replace(result, texts=texts, token_ids=token_ids, logprobs=logprobs, finish_reasons=finish)
+            if top is not None:
+                top.append(result.top_logprobs[r][:keep])
+        cut = {"token_ids": token_ids, "logprobs": logprobs, "top_logprobs": top, "finish_reasons": finish}
+        return dataclasses.replace(result, texts=texts, **cut)
 
     def stream(self, prompt: str, **settings) -> Iterator[str]:
         """The continuation of one text prompt, piece by piece; pieces never split a UTF-8 character.

@@ -124,10 +124,12 @@ def _top_alternatives(state: DecodeState, logits: jax.Array, t: jax.Array) -> di
 
 
 def match_stop(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
-    """[B] does `recent` [B, L] (the last L tokens) end with one of the stop sequences [S, L] (right-aligned)?"""
-    equal = (recent[:, None, :] == stop_seqs[None, :, :]) | (stop_seqs[None, :, :] < 0)  # [B, S, L]
-    used = jnp.any(stop_seqs >= 0, axis=-1)  # [S]
-    return jnp.any(jnp.all(equal, axis=-1) & used[None, :], axis=-1)
+    """[B] does `recent` [B, L] (the last L tokens) end with one of the stop sequences [S, L] (right-aligned; or
+    [B, S, L], a table per row)?"""
+    table = stop_seqs if stop_seqs.ndim == 3 else stop_seqs[None]  # [B or 1, S, L]
+    equal = (recent[:, None, :] == table) | (table < 0)  # [B, S, L]
+    used = jnp.any(table >= 0, axis=-1)  # [B or 1, S]
+    return jnp.any(jnp.all(equal, axis=-1) & used, axis=-1)
 
 
 def decode_step(logits_fn: LogitsFn, params, state: DecodeState, inputs: DecodeInputs) -> DecodeState:

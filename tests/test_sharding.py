@@ -31,6 +31,21 @@ def test_meshes_give_the_single_device_tokens():
     assert "n_kv_heads=4 does not divide over the mesh's model axis of size 8" in report["bad_mesh_error"]
 
 
+@pytest.mark.slow
+def test_the_serving_engine_on_a_mesh_gives_one_devices_tokens():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    helper = Path(__file__).parent / "helpers" / "sharded_serving.py"
+    out = subprocess.run([sys.executable, str(helper)], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["2x4"]["equal"] and report["8x1"]["equal"], report
+    assert report["2x4"]["cache_shard"] == [8, 4, 128], report  # 8 slots x 8 kv heads over 8 devices
+
+
 def test_mesh_arguments_are_checked():
     n = len(jax.devices())
     with pytest.raises(InputError, match=f"needs {2 * n} devices, {n} are available"):

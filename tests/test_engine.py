@@ -1,0 +1,152 @@
+"""The continuous-batching engine: each request gives what `generate_ids` gives it, alone or among others; long
+prompts are prefilled in chunks between decode dispatches; a failing request ends alone; one decode program."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import gpt_jax
+from gpt_jax import InputError
+from gpt_jax.engine import Engine, Observer
+from tests.serving import run_requests
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return gpt_jax.load()
+
+
+def mixed_items(gen, count: int, seed: int = 0) -> list:
+    """`count` (prompt ids, settings) pairs of mixed prompt lengths, budgets and sampling settings."""
+    rng = random.Random(seed)
+    words = "the king doth wake tonight and all his court is merry with wine and song".split()
+    items = []
+    for i in range(count):
+        prompt = " ".join(rng.choice(words) for _ in range(rng.randint(1, 60)))
+        settings = {
+            "seed": rng.randrange(2**32),
+            "max_new_tokens": rng.randint(1, 48),
+            "temperature": rng.choice([0.0, 0.7, 1.0, 1.5]),
+            "top_p": rng.choice([1.0, 0.9, 0.5]),
+            "top_k": rng.choice([0, 0, 5, 40]),
+            "n": rng.choice([1, 1, 1, 2, 3]),
+        }
+        if i % 5 == 1:
+            settings.update(presence_penalty=0.5, frequency_penalty=0.3, repetition_penalty=1.2)
+        if i % 7 == 2:
+            settings.update(logit_bias={5: 3.0, 17: -100.0}, min_new_tokens=min(4, settings["max_new_tokens"]))
+        if i % 6 == 3:
+            settings["stop_ids"] = [gen.tokenizer.encode(" the", add_special_tokens=False)]
+        if i % 4 == 0:
+            settings["top_logprobs"] = 3
+        items.append((gen.tokenizer.encode(prompt), settings))
+    return items
+
+
+def assert_same_as_generate(gen, items, results) -> None:
+    for (ids, settings), got in zip(items, results):
+        want = gen.generate_ids([ids], **settings)
+        assert got["tokens"] == want.token_ids, settings
+        assert got["finish"] == want.finish_reasons, settings
+        for a, b in zip(got["logprobs"], want.logprobs):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+        if settings.get("top_logprobs"):
+            assert [[[i for i, _ in alts] for alts in row] for row in got["top"]] == [
+                [[i for i, _ in alts] for alts in row] for row in want.top_logprobs
+            ]
+
+
+def test_requests_give_what_generate_gives_alone_or_among_others(bundled):
+    engine = Engine(bundled, slots_count=8, steps_per_dispatch=4)
+    try:
+        items = mixed_items(bundled, 24)
+        together = run_requests(engine, items)
+        assert_same_as_generate(bundled, items, together)
+        for k in (0, 5, 11, 17, 23):  # alone: the same bits, however full the slots were
+            alone = run_requests(engine, [items[k]])[0]
+            assert alone["tokens"] == together[k]["tokens"] and alone["logprobs"] == together[k]["logprobs"]
+        assert engine.compiled_decode_programs == 2  # with and without recorded alternatives
+        assert engine.busy == 0 and engine.queued == 0
+    finally:
+        engine.close()
+
+
+class Trace(Observer):
+    def __init__(self):
+        self.events = []
+
+    def on_dispatch(self, busy, queued):
+        self.events.append(("decode", busy))
+
+    def on_prefill(self, tokens):
+        self.events.append(("prefill", tokens))
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(bundled):
+    trace = Trace()
+    engine = Engine(bundled, slots_count=2, chunk=16, steps_per_dispatch=1, observer=trace)
+    try:
+        long_prompt = bundled.tokenizer.encode("the king doth wake tonight " * 30)[:150]
+        short = (bundled.tokenizer.encode("ROMEO:"), {"max_new_tokens": 60, "min_new_tokens": 60, "temperature": 0.0})
+        items = [short, (long_prompt, {"max_new_tokens": 20, "temperature": 0.0, "seed": 1})]
+        results = run_requests(engine, items)
+        assert_same_as_generate(bundled, items, results)  # chunked prefill: same greedy tokens, logprobs to 1e-4
+        chunks = [i for i, (kind, _) in enumerate(trace.events) if kind == "prefill" and i > 0]
+        assert len(chunks) >= 8  # 256 bucket, 150 tokens: the chunks holding only padding are skipped
+        between = [trace.events[a + 1 : b] for a, b in zip(chunks, chunks[1:])]
+        assert all(any(kind == "decode" and busy >= 1 for kind, busy in gap) for gap in between)
+    finally:
+        engine.close()
+
+
+def test_a_failing_request_ends_alone(bundled, monkeypatch):
+    engine = Engine(bundled, slots_count=4)
+    try:
+        insert = engine.programs.insert
+        bad = bundled.tokenizer.encode("poison")
+
+        def failing(state, slot, prompt, *rest):
+            if list(np.asarray(prompt)[-len(bad) :]) == bad:
+                raise RuntimeError("injected failure")
+            return insert(state, slot, prompt, *rest)
+
+        monkeypatch.setattr(engine.programs, "insert", failing)
+        items = mixed_items(bundled, 6, seed=3)
+        items.insert(2, (bad, {"max_new_tokens": 8}))
+        results = run_requests(engine, items)
+        assert isinstance(results[2].get("error"), RuntimeError)
+        rest = [r for i, r in enumerate(results) if i != 2]
+        assert all("error" not in r for r in rest)
+        assert_same_as_generate(bundled, items[:2] + items[3:], rest)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"slots_count": 0}, "slots must be an integer in [1, 1024]"),
+        ({"chunk": 100}, "chunk must be a power of two"),
+        ({"max_len": 10_000}, "max_len must be an integer in [2, 256]"),
+        ({"steps_per_dispatch": 0}, "steps_per_dispatch must be an integer >= 1"),
+        ({"max_queue": -1}, "max_queue must be >= 0"),
+    ],
+)
+def test_bad_engine_options_are_typed_errors(bundled, options, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Engine(bundled, **options)
+
+
+def test_requests_the_slots_cannot_hold_are_refused_before_they_queue(bundled):
+    engine = Engine(bundled, slots_count=2, max_len=64)
+    try:
+        settings = gpt_jax.GenerationSettings(max_new_tokens=40)
+        with pytest.raises(InputError, match="more than the server's context of 64 tokens"):
+            engine.prepare(list(range(4, 34)), settings)
+        with pytest.raises(InputError, match="n must be at most the server's 2 slots"):
+            engine.prepare([5, 6], gpt_jax.GenerationSettings(n=3))
+    finally:
+        engine.close()

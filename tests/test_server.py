@@ -1,0 +1,218 @@
+"""`gpt-jax serve` through the official `openai` client and `httpx`, on a real server on 127.0.0.1: the API returns
+what `generate` / `chat` return, 64 concurrent requests each give their tokens alone, and /metrics shows slots
+filling and emptying."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+import gpt_jax
+from gpt_jax.chat import ChatTemplate
+from tests.serving import RunningServer
+
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+CONVERSATION = [{"role": "system", "content": "Speak as a king."}, {"role": "user", "content": "Who goes there?"}]
+
+
+@pytest.fixture(scope="module")
+def gen():
+    g = gpt_jax.load()
+    g.tokenizer.chat_template = ChatTemplate(TEMPLATE)
+    return g
+
+
+@pytest.fixture(scope="module")
+def server(gen):
+    running = RunningServer(gen, "shakespeare", slots=8, max_queue=64)
+    yield running
+    running.stop()
+
+
+def test_models_and_health(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["shakespeare"]
+    health = httpx.get(server.url + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_completions_return_what_generate_returns(server, gen):
+    client = server.client()
+    settings = {"max_new_tokens": 24, "temperature": 0.9, "top_p": 0.9, "seed": 11, "n": 2, "stop": ["\n\n"]}
+    prompts = ["ROMEO:", "Now is the winter of our discontent"]
+    want = gen.generate(prompts, top_logprobs=2, **settings)
+    got = client.completions.create(
+        model="shakespeare", prompt=prompts, max_tokens=24, temperature=0.9, top_p=0.9, seed=11, n=2, stop=["\n\n"],
+        logprobs=2, extra_body={"return_token_ids": True},
+    )  # fmt: skip
+    assert [c.index for c in got.choices] == [0, 1, 2, 3]
+    assert [c.text for c in got.choices] == want.texts
+    assert [c.model_extra["token_ids"] for c in got.choices] == want.token_ids
+    assert [c.finish_reason for c in got.choices] == [
+        "stop" if f in ("eos", "stop") else f for f in want.finish_reasons
+    ]
+    for choice, logprobs, top in zip(got.choices, want.logprobs, want.top_logprobs):
+        np.testing.assert_allclose(choice.logprobs.token_logprobs, logprobs, atol=1e-4)
+        assert [list(d) for d in choice.logprobs.top_logprobs] == [
+            [gen.tokenizer.token_bytes(i).decode("utf-8", "replace") for i, _ in alts] for alts in top
+        ]
+        assert "".join(choice.logprobs.tokens) == choice.text or choice.finish_reason == "stop"
+    assert got.usage.prompt_tokens == sum(len(gen.tokenizer.encode(p)) for p in prompts)
+    assert got.usage.completion_tokens == sum(len(ids) for ids in want.token_ids)
+
+    stream = client.completions.create(
+        model="shakespeare", prompt=prompts, max_tokens=24, temperature=0.9, top_p=0.9, seed=11, n=2, stop=["\n\n"],
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    texts, finishes, usage = ["", "", "", ""], [None] * 4, None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            finishes[c.index] = c.finish_reason or finishes[c.index]
+    assert texts == want.texts and finishes == [c.finish_reason for c in got.choices]
+    assert usage.completion_tokens == got.usage.completion_tokens
+
+    echoed = client.completions.create(model="shakespeare", prompt="ROMEO:", max_tokens=5, seed=2, echo=True)
+    plain = gen.generate("ROMEO:", max_new_tokens=5, seed=2, temperature=1.0, top_p=1.0)
+    assert echoed.choices[0].text == "ROMEO:" + plain.texts[0]
+
+
+def test_chat_completions_return_what_chat_returns(server, gen):
+    client = server.client()
+    want = gen.chat(CONVERSATION, max_new_tokens=30, temperature=0.7, top_p=1.0, seed=5, n=2, top_logprobs=3)
+    got = client.chat.completions.create(
+        model="shakespeare", messages=CONVERSATION, max_completion_tokens=30, temperature=0.7, seed=5, n=2,
+        logprobs=True, top_logprobs=3,
+    )  # fmt: skip
+    assert [c.message.content for c in got.choices] == want.texts
+    assert all(c.message.role == "assistant" for c in got.choices)
+    for choice, ids, logprobs in zip(got.choices, want.token_ids, want.logprobs):
+        content = choice.logprobs.content
+        assert [bytes(e.bytes) for e in content] == [gen.tokenizer.token_bytes(i) for i in ids]
+        np.testing.assert_allclose([e.logprob for e in content], logprobs, atol=1e-4)
+        assert all(len(e.top_logprobs) == 3 for e in content)
+    stream = client.chat.completions.create(
+        model="shakespeare", messages=CONVERSATION, max_tokens=30, temperature=0.7, seed=5, n=2, stream=True
+    )
+    texts, roles, finishes = ["", ""], set(), [None, None]
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            roles.add(c.delta.role)
+            finishes[c.index] = c.finish_reason or finishes[c.index]
+    assert texts == want.texts and "assistant" in roles
+    assert finishes == [c.finish_reason for c in got.choices]
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_64_concurrent_requests_each_give_their_tokens_alone(server, gen):
+    rng = random.Random(4)
+    words = "the king doth wake tonight and all his court is merry with wine and song".split()
+    bodies = []
+    for i in range(64):
+        body = {
+            "model": "shakespeare",
+            "prompt": " ".join(rng.choice(words) for _ in range(rng.randint(1, 40))),
+            "max_tokens": rng.randint(1, 64),
+            "temperature": rng.choice([0.0, 0.8, 1.2]),
+            "top_p": rng.choice([1.0, 0.9]),
+            "seed": rng.randrange(2**31),
+            "n": rng.choice([1, 1, 2]),
+            "logprobs": 0,
+            "return_token_ids": True,
+        }
+        if i % 5 == 0:
+            body.update(presence_penalty=0.4, frequency_penalty=0.2)
+        bodies.append(body)
+    samples, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            text = httpx.get(server.url + "/metrics").text
+            samples.append(
+                (
+                    _metric(text, "gpt_jax_slots_busy"),
+                    _metric(text, "gpt_jax_slot_joins_total", '{while_others_decode="true"}'),
+                    _metric(text, "gpt_jax_slot_leaves_total", '{why="finished"}'),
+                )
+            )
+            time.sleep(0.05)
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
+            responses = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        return [r.json() for r in responses]
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        together = asyncio.run(send_all())
+    finally:
+        stop.set()
+        watcher.join()
+    assert all("choices" in r for r in together), [r for r in together if "choices" not in r][:1]
+    assert len({r["id"] for r in together}) == 64
+    for body, response in zip(bodies, together):
+        assert len(response["choices"]) == body["n"]
+    for k in range(0, 64, 8):  # alone: exactly the same tokens and log-probabilities
+        alone = httpx.post(server.url + "/v1/completions", json=bodies[k], timeout=120).json()
+        for a, b in zip(alone["choices"], together[k]["choices"]):
+            assert (
+                a["token_ids"] == b["token_ids"] and a["logprobs"]["token_logprobs"] == b["logprobs"]["token_logprobs"]
+            )
+    for k in range(1, 64, 16):  # and what generate gives
+        body = bodies[k]
+        want = gen.generate(
+            body["prompt"], max_new_tokens=body["max_tokens"], temperature=body["temperature"], top_p=body["top_p"],
+            seed=body["seed"], n=body["n"], presence_penalty=body.get("presence_penalty", 0.0),
+            frequency_penalty=body.get("frequency_penalty", 0.0),
+        )  # fmt: skip
+        assert [c["token_ids"] for c in together[k]["choices"]] == want.token_ids
+    # mid-run, slots were filled while others decoded, and freed while others still ran
+    assert any(busy >= 2 for busy, _, _ in samples)
+    assert any(joins > 0 and busy > 0 for busy, joins, _ in samples)
+    assert any(leaves > 0 and busy > 0 for busy, _, leaves in samples)
+    final = httpx.get(server.url + "/metrics").text
+    assert _metric(final, "gpt_jax_time_to_first_token_seconds_count") >= 64
+    assert _metric(final, "gpt_jax_queue_depth") >= 0
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_score_ids_does(server, gen):
+    """What evaluation harnesses (lm-eval's local-completions) send: echo, logprobs, max_tokens 0 or 1."""
+    text = "Now is the winter of our discontent made glorious summer by this sun of York"
+    ids = gen.tokenizer.encode(text)
+    want = gen.score_ids([ids]).log_likelihood[0]
+    client = server.client()
+    only = client.completions.create(model="shakespeare", prompt=text, max_tokens=0, echo=True, logprobs=2)
+    choice = only.choices[0]
+    assert choice.text == gen.tokenizer.decode(ids) and only.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == len(ids)
+    assert sum(lp.token_logprobs[1:]) == pytest.approx(want, abs=1e-3)
+    assert all(len(d) == 2 for d in lp.top_logprobs[1:]) and lp.text_offset[0] == 0
+    assert "".join(lp.tokens) == choice.text
+    for alternatives, actual in zip(lp.top_logprobs[1:], lp.token_logprobs[1:]):
+        assert max(alternatives.values()) >= actual - 1e-6
+    one = client.completions.create(
+        model="shakespeare", prompt=[ids], max_tokens=1, echo=True, logprobs=1, temperature=0, seed=0
+    )
+    lp1 = one.choices[0].logprobs
+    assert len(lp1.token_logprobs) == len(ids) + 1 and lp1.token_logprobs[:-1] == lp.token_logprobs
+    greedy = gen.generate(text, max_new_tokens=1, temperature=0.0)
+    assert one.choices[0].text == gen.tokenizer.decode(ids) + greedy.texts[0]
+    assert lp1.token_logprobs[-1] == pytest.approx(greedy.logprobs[0][0], abs=1e-4)
