@@ -42,6 +42,30 @@ def make_requests(tokenizer, count: int, seed: int, prompt_range, mean_output: f
     return requests
 
 
+def machine() -> dict:
+    """What ran the benchmark: platform, CPU model and count, AVX-512 or not, the JAX device."""
+    import os
+
+    import jax
+
+    cpu, flags = platform.processor() or "?", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = next(line for line in info.splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "avx512": " avx512f" in flags,
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0].device_kind),
+    }
+
+
 def percentiles(values) -> dict:
     values = np.asarray(values, float)
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
@@ -190,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     report = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "machine": machine(),
         "settings": {k: getattr(args, k) for k in ("requests", "slots", "prompt_tokens", "mean_output", "seed")},
         "results": results,
     }

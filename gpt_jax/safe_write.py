@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,7 +48,11 @@ def check_target(target: Path, own_files: Iterable[str]) -> None:
         CheckpointError,
         f"{target}: is the working directory; save into a new directory instead",
     )
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
+    try:  # one lstat: a concurrent save that moves the directory aside cannot make it look like a file
+        is_other = not stat.S_ISDIR(os.lstat(target).st_mode)
+    except FileNotFoundError:
+        is_other = False
+    if is_other:
         raise CheckpointError(f"{target}: exists and is not a checkpoint directory; refusing to replace it")
     foreign = _foreign_entries(target, own)
     check(

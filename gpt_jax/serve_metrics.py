@@ -19,10 +19,8 @@ class Metrics(Observer):
         )
         self.prompt_tokens = Counter("gpt_jax_prompt_tokens", "prompt tokens of accepted requests", registry=r)
         self.generated_tokens = Counter("gpt_jax_generation_tokens", "tokens generated", registry=r)
-        self.queue_depth = Gauge(
-            "gpt_jax_queue_depth", "requests waiting for a slot (at the last dispatch)", registry=r
-        )
-        self.slots_busy = Gauge("gpt_jax_slots_busy", "slots holding a sequence (at the last dispatch)", registry=r)
+        self.queue_depth = Gauge("gpt_jax_queue_depth", "requests waiting for a slot", registry=r)
+        self.slots_busy = Gauge("gpt_jax_slots_busy", "slots holding a sequence", registry=r)
         Gauge("gpt_jax_slots", "decode slots", registry=r).set(slots)
         self.occupancy = Histogram(
             "gpt_jax_slot_occupancy", "busy slots at each dispatch", registry=r, buckets=tuple(range(1, slots + 1))
@@ -40,14 +38,17 @@ class Metrics(Observer):
             buckets=TOKEN_BUCKETS,
         )
 
+    def watch(self, engine) -> None:
+        """Read queue depth and busy slots from `engine` whenever the metrics are scraped."""
+        self.queue_depth.set_function(lambda: engine.queued)
+        self.slots_busy.set_function(lambda: engine.busy)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     # engine hooks (engine thread)
     def on_dispatch(self, busy: int, queued: int) -> None:
         self.dispatches.inc()
-        self.slots_busy.set(busy)
-        self.queue_depth.set(queued)
         self.occupancy.observe(busy)
 
     def on_insert(self, joined_running: bool) -> None:

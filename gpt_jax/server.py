@@ -284,6 +284,7 @@ def create_app(gen, model_name: str = "gpt-jax", slots: int = 8, max_queue: int 
     """The ASGI app; its engine starts now and stops when the app shuts down (after requests in flight)."""
     metrics = Metrics(slots)
     engine = Engine(gen, slots, max_queue, observer=metrics, **engine_options)
+    metrics.watch(engine)
     server = Server(gen, model_name, engine, metrics)
 
     def counted(endpoint: str, handler):

@@ -166,3 +166,38 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_request_that_fails_gets_a_500_and_the_others_are_served(gen, monkeypatch):
+    running = RunningServer(gen, "shakespeare", slots=4)
+    try:
+        insert = running.engine.programs.insert
+        poison = gen.tokenizer.encode("poison")
+
+        def failing(state, slot, prompt, *rest):
+            if list(prompt[-len(poison) :]) == poison:
+                raise RuntimeError("injected failure")
+            return insert(state, slot, prompt, *rest)
+
+        monkeypatch.setattr(running.engine.programs, "insert", failing)
+
+        async def run():
+            async with httpx.AsyncClient(base_url=running.url, timeout=120) as client:
+                bodies = [{**OK, "prompt": p, "max_tokens": 16} for p in ("ROMEO:", "poison", "JULIET:", "HAMLET:")]
+                return await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+
+        responses = asyncio.run(run())
+        assert [r.status_code for r in responses] == [200, 500, 200, 200]
+        assert "injected failure" in responses[1].json()["error"]["message"]
+        assert httpx.post(running.url + "/v1/completions", json=OK, timeout=60).status_code == 200
+    finally:
+        running.stop()
+
+
+def test_the_serve_command_checks_its_flags(capsys):
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli(capsys, ["serve", "--port", "70000"])
+    assert code == 2 and "--port must be in [0, 65535], got 70000" in err
+    code, _, err = run_cli(capsys, ["serve", "--slots", "0"])
+    assert code == 2 and "must be an integer >= 1" in err
