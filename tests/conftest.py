@@ -73,3 +73,30 @@ def assert_matches_distribution(samples: np.ndarray, probs: np.ndarray) -> None:
     dof = int(keep.sum()) - 1
     if dof >= 1:
         assert stat < chi_square_threshold(dof), f"chi-square {stat:.1f} over {dof} dof"
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def served_gen():
+    """The bundled model with a small chat template, for the server's tests."""
+    import gpt_jax
+    from gpt_jax.chat import ChatTemplate
+
+    g = gpt_jax.load()
+    g.tokenizer.chat_template = ChatTemplate(CHAT_TEMPLATE)
+    return g
+
+
+@pytest.fixture(scope="module")
+def server(served_gen):
+    """`served_gen` behind a real server on 127.0.0.1 (8 slots, a queue of 64) for one test module."""
+    from tests.serving import RunningServer
+
+    running = RunningServer(served_gen, "shakespeare", slots=8, max_queue=64)
+    yield running
+    running.stop()

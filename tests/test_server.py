@@ -14,29 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-import gpt_jax
-from gpt_jax.chat import ChatTemplate
-from tests.serving import RunningServer
 
-TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 CONVERSATION = [{"role": "system", "content": "Speak as a king."}, {"role": "user", "content": "Who goes there?"}]
 
 
 @pytest.fixture(scope="module")
-def gen():
-    g = gpt_jax.load()
-    g.tokenizer.chat_template = ChatTemplate(TEMPLATE)
-    return g
-
-
-@pytest.fixture(scope="module")
-def server(gen):
-    running = RunningServer(gen, "shakespeare", slots=8, max_queue=64)
-    yield running
-    running.stop()
+def gen(served_gen):
+    return served_gen
 
 
 def test_models_and_health(server):

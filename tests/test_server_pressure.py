@@ -16,8 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-import gpt_jax
-from gpt_jax.chat import ChatTemplate
 from tests.serving import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,17 +23,8 @@ LONG = {"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 240, "min_toke
 
 
 @pytest.fixture(scope="module")
-def gen():
-    g = gpt_jax.load()
-    g.tokenizer.chat_template = ChatTemplate("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
-    return g
-
-
-@pytest.fixture(scope="module")
-def server(gen):
-    running = RunningServer(gen, "shakespeare", slots=8, max_queue=64)
-    yield running
-    running.stop()
+def gen(served_gen):
+    return served_gen
 
 
 OK = {"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 4}
