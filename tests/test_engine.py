@@ -68,10 +68,10 @@ def assert_same_as_generate(gen, items, results) -> None:
 
 
 def test_requests_give_what_generate_gives_alone_or_among_others(bundled, engine):
-    items = mixed_items(bundled, 24)
+    items = mixed_items(bundled, 20)
     together = run_requests(engine, items)
-    assert_same_as_generate(bundled, items[::2], together[::2])
-    for k in (0, 5, 11, 17, 23):  # alone: the same bits, however full the slots were
+    assert_same_as_generate(bundled, items[::3], together[::3])
+    for k in (1, 8, 14, 19):  # alone: the same bits, however full the slots were
         alone = run_requests(engine, [items[k]])[0]
         assert alone["tokens"] == together[k]["tokens"] and alone["logprobs"] == together[k]["logprobs"]
     assert engine.compiled_decode_programs == 2  # with and without recorded alternatives
