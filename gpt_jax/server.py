@@ -38,9 +38,8 @@ class Call:
     def __init__(self, server: Server, prompts, settings: dict, stops: list[str], prompt_top=-1, generate=True):
         """prompt_top = k >= 0: score the prompts too (k alternatives); generate=False: only that (echo with
         max_tokens 0), the one token generated for it is dropped."""
-        self.server, self.prompts, self.stops, self.generate = server, prompts, stops, generate
+        self.server, self.prompts, self.generate = server, prompts, generate
         self.prompt_scores: dict[int, object] = {}
-        self.n = settings.get("n", 1) if isinstance(settings.get("n", 1), int) else 1
         self.events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         tok = server.gen.tokenizer
@@ -57,7 +56,7 @@ class Call:
             on_event = lambda event, i=i: loop.call_soon_threadsafe(self.events.put_nowait, (i, event))
             self.requests.append(Request(prep, on_event, prompt_top))
             self.rows += [api.RowText(tok, ids, stops) for _ in range(prep.rows)]
-        self.open = len(self.rows)
+        self.n, self.open = self.requests[0].rows, len(self.rows)  # samples per prompt; rows still running
 
     def submit(self) -> None:
         for request in self.requests:
