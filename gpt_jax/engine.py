@@ -27,7 +27,7 @@ from gpt_jax.compiled import check_memory
 from gpt_jax.engine_requests import EngineClosed, Event, Observer, QueueFull, Request
 from gpt_jax.errors import InputError, check
 from gpt_jax.loop import FINISH_NAMES, RUNNING
-from gpt_jax.settings import GenerationSettings, Prepared, prepare
+from gpt_jax.settings import GenerationSettings, Prepared, eos_table, prepare
 
 ALTERNATIVES = 20  # a dispatch records 0 or this many alternatives per token (two compiled decode programs)
 
@@ -49,12 +49,15 @@ class Engine:
         self.max_len = check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows)
         self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
         self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
-        config = gen.config
-        eos = list(config.eos_ids)[:8]
-        eos_ids = np.array(eos + [-1] * (8 - len(eos)), np.int32)
-        programs = gen.programs
+        config, programs = gen.config, gen.programs
         self.programs = slots.SlotPrograms(
-            programs.logits_fn, programs.new_cache, slots_count, self.max_len, config.vocab_size, eos_ids, config.pad_id
+            programs.logits_fn,
+            programs.new_cache,
+            slots_count,
+            self.max_len,
+            config.vocab_size,
+            eos_table(config),
+            config.pad_id,
         )
         self._state = self.programs.empty()
         self._owners: list[tuple[Request, int] | None] = [None] * slots_count

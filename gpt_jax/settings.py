@@ -218,7 +218,6 @@ def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], settings: Gen
         rows=-(-bucket(rows) // data_axis) * data_axis,
     )
     b = batch.tokens.shape[0]
-    eos = [] if s.ignore_eos else list(config.eos_ids)[:MAX_EOS_IDS]
     inputs = loop.DecodeInputs(
         tokens=batch.tokens,
         pad_len=batch.pad_len,
@@ -226,7 +225,7 @@ def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], settings: Gen
         row_seeds=fill_rows(row_seeds, b, np.int32),
         max_new_tokens=fill_rows(values["max_new_tokens"], b, np.int32),
         active=batch.active,
-        eos_ids=np.array(eos + [-1] * (MAX_EOS_IDS - len(eos)), np.int32),
+        eos_ids=eos_table(config, s.ignore_eos),
         stop_seqs=stop_seqs,
         sampling=SamplingParams.make(
             b, temperature=values["temperature"], top_k=values["top_k"], top_p=values["top_p"], min_p=values["min_p"]
@@ -249,6 +248,12 @@ def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], settings: Gen
         buffer=bucket(max(values["max_new_tokens"]), MIN_LENGTH_BUCKET),
         top_logprobs=int(s.top_logprobs),
     )
+
+
+def eos_table(config: ModelConfig, ignore_eos: bool = False) -> np.ndarray:
+    """[8] the model's EOS ids (none with ignore_eos), -1 filled."""
+    eos = [] if ignore_eos else list(config.eos_ids)[:MAX_EOS_IDS]
+    return np.array(eos + [-1] * (MAX_EOS_IDS - len(eos)), np.int32)
 
 
 def check_ids(config: ModelConfig, i: int, ids, what: str = "prompt") -> list[int]:
