@@ -138,10 +138,7 @@ class Server:
         self.check_model(body)
         prompts, opts = api.completion_request(body, self.gen.tokenizer)
         generate = not (opts["echo"] and body.get("max_tokens") == 0)  # echo only: the prompt (and its scores)
-        settings = api.settings_of(
-            {**body, "max_tokens": body.get("max_tokens") or None} if not generate else body, self.gen.defaults, 16
-        )
-        settings["max_new_tokens"] = settings["max_new_tokens"] if generate else 1
+        settings = api.settings_of(body if generate else {**body, "max_tokens": 1}, self.gen.defaults, 16)
         k = opts["logprobs"]
         call = self._start(prompts, settings, k or 0, k if opts["echo"] and k is not None else -1, generate)
         kind, prefix = "text_completion", api.new_id("cmpl")
