@@ -49,16 +49,7 @@ class Engine:
         self.max_len = check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows)
         self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
         self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
-        config, programs = gen.config, gen.programs
-        self.programs = slots.SlotPrograms(
-            programs.logits_fn,
-            programs.new_cache,
-            slots_count,
-            self.max_len,
-            config.vocab_size,
-            eos_table(config),
-            config.pad_id,
-        )
+        self.programs = slot_programs(gen, slots_count, self.max_len)
         self._state = self.programs.empty()
         self._owners: list[tuple[Request, int] | None] = [None] * slots_count
         self._queue: collections.deque[Request] = collections.deque()
@@ -284,6 +275,20 @@ class Engine:
                     request.open_rows.discard(row)
                 self.observer.on_row_finished(request.generated[row], now - request.first_token)
                 request.on_event(Event("finish", row, finish=FINISH_NAMES[finish]))
+
+
+def slot_programs(gen, slots_count: int, max_len: int) -> slots.SlotPrograms:
+    """The compiled slot programs of `gen`'s model (its forward pass, its mesh's cache placement)."""
+    config, programs = gen.config, gen.programs
+    return slots.SlotPrograms(
+        programs.logits_fn,
+        programs.new_cache,
+        slots_count,
+        max_len,
+        config.vocab_size,
+        eos_table(config),
+        config.pad_id,
+    )
 
 
 def slot_updates(out: dict, owners: list):
