@@ -16,7 +16,7 @@ import secrets
 import time
 
 from gpt_jax.errors import GptJaxError
-from gpt_jax.stops import first_stop, held_back, stop_strings
+from gpt_jax.stops import StopText, stop_strings
 from gpt_jax.tokenizer import IncrementalDecoder, check_text
 
 OUR_NAMES = {  # OpenAI (or vLLM) name -> GenerationSettings name
@@ -195,66 +195,31 @@ def now() -> int:
     return int(time.time())
 
 
-class RowText:
-    """One generated row as text: tokens in, text out, up to the first stop string (as `generate` cuts it)."""
+class RowText(StopText):
+    """One generated row as text (up to the first stop string, as `generate` cuts it), with its tokens, their
+    log-probabilities and alternatives, and its finish reason."""
 
     def __init__(self, tokenizer, prompt_ids: list[int], stops: list[str]):
-        self.decoder, self.stops = IncrementalDecoder(tokenizer, prompt_ids), stops
-        self.text, self.sent, self.cut = "", 0, None
-        self.pieces: list[str] = []
+        super().__init__(IncrementalDecoder(tokenizer, prompt_ids), stops)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.top: list[list[tuple[int, float]]] = []
         self.finish: str | None = None
 
     def add(self, tokens, logprobs, top=None) -> str:
-        """New tokens -> the text now safe to send (held back while it could grow into a stop string)."""
-        if self.cut is not None:
+        """New tokens -> the text now safe to send."""
+        if self.stopped:
             return ""
-        for i, token in enumerate(tokens):
-            piece = self.decoder.add([token])
-            self.pieces.append(piece)
-            self.text += piece
-            self.tokens.append(token)
-            self.logprobs.append(logprobs[i])
-            self.top.append(top[i] if top else [])
-        self.cut = first_stop(self.text, self.stops)
-        ready = self.cut if self.cut is not None else len(self.text) - held_back(self.text, self.stops)
-        return self._send(ready)
+        self.tokens += tokens
+        self.logprobs += logprobs
+        self.top += top or [[] for _ in tokens]
+        return super().add(tokens)
 
     def end(self, finish: str) -> str:
         """The row ended: the held-back text and the finish reason ("stop" for EOS and stop strings)."""
-        if self.cut is None:
-            tail = self.decoder.flush()
-            self.text += tail
-            if self.pieces:
-                self.pieces[-1] += tail
-            self.cut = first_stop(self.text, self.stops)
-        self.finish = "stop" if self.cut is not None or finish in ("eos", "stop") else "length"
-        return self._send(len(self.text) if self.cut is None else self.cut)
-
-    @property
-    def stopped(self) -> bool:
-        """A stop string was found: nothing more is needed from this row."""
-        return self.cut is not None
-
-    def _send(self, upto: int) -> str:
-        out = self.text[self.sent : upto] if upto > self.sent else ""
-        self.sent = max(self.sent, upto)
-        return out
-
-    def kept(self) -> int:
-        """How many tokens lie wholly before the cut (all when there is none), as `cut_at_stop` counts."""
-        if self.cut is None:
-            return len(self.tokens)
-        keep, total = 0, 0
-        while keep < len(self.pieces) and total + len(self.pieces[keep]) <= self.cut:
-            total += len(self.pieces[keep])
-            keep += 1
-        return keep
-
-    def final_text(self) -> str:
-        return self.text if self.cut is None else self.text[: self.cut]
+        text = super().end()
+        self.finish = "stop" if self.stopped or finish in ("eos", "stop") else "length"
+        return text
 
 
 def token_text(tokenizer, token: int) -> str:

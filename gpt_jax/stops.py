@@ -55,30 +55,76 @@ def cut_at_stop(pieces: Sequence[str], stops: Sequence[str]) -> tuple[str, int, 
     cut = first_stop(text, stops)
     if cut is None:
         return text, len(pieces), False
+    return text[:cut], tokens_before(pieces, cut), True
+
+
+def tokens_before(pieces: Sequence[str], cut: int) -> int:
+    """How many of the pieces (one per token) lie wholly before character `cut`."""
     keep, total = 0, 0
     while keep < len(pieces) and total + len(pieces[keep]) <= cut:
         total += len(pieces[keep])
         keep += 1
-    return text[:cut], keep, True
+    return keep
+
+
+class StopText:
+    """Generated ids pushed in as they come -> text up to the first stop string. `add` returns the text now safe
+    to send (held back while it could still grow into a stop string), `end` the rest; `pieces` is each id's text."""
+
+    def __init__(self, decoder: IncrementalDecoder, stops: Sequence[str]):
+        self.decoder, self.stops = decoder, stops
+        self.text, self.sent, self.cut = "", 0, None
+        self.pieces: list[str] = []
+
+    def add(self, ids: Sequence[int]) -> str:
+        if self.cut is not None:
+            return ""
+        for token in ids:
+            piece = self.decoder.add([token])
+            self.pieces.append(piece)
+            self.text += piece
+        self.cut = first_stop(self.text, self.stops)
+        ready = self.cut if self.cut is not None else len(self.text) - held_back(self.text, self.stops)
+        return self._send(ready)
+
+    def end(self) -> str:
+        """No more ids: the held-back text (and bytes of an unfinished character), up to a stop string."""
+        if self.cut is None:
+            tail = self.decoder.flush()
+            self.text += tail
+            if self.pieces:
+                self.pieces[-1] += tail
+            self.cut = first_stop(self.text, self.stops)
+        return self._send(len(self.text) if self.cut is None else self.cut)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string was found: nothing more is needed."""
+        return self.cut is not None
+
+    def kept(self) -> int:
+        """How many ids lie wholly before the stop string (all when there is none), as `cut_at_stop` counts."""
+        return len(self.pieces) if self.cut is None else tokens_before(self.pieces, self.cut)
+
+    def final_text(self) -> str:
+        return self.text if self.cut is None else self.text[: self.cut]
+
+    def _send(self, upto: int) -> str:
+        out = self.text[self.sent : upto] if upto > self.sent else ""
+        self.sent = max(self.sent, upto)
+        return out
 
 
 def stream_text(decoder: IncrementalDecoder, tokens: Iterator[int], stops: Sequence[str]) -> Iterator[str]:
     """Generated ids -> text pieces, up to the first stop string; text that could still grow into one is held
     back until it is known not to be one."""
-    text, sent = "", 0
+    row = StopText(decoder, stops)
     for token in tokens:
-        text += decoder.add([token])
-        cut = first_stop(text, stops)
-        if cut is not None:
-            if cut > sent:
-                yield text[sent:cut]
+        piece = row.add([token])
+        if piece:
+            yield piece
+        if row.stopped:
             return
-        ready = len(text) - held_back(text, stops)
-        if ready > sent:
-            yield text[sent:ready]
-            sent = ready
-    text += decoder.flush()
-    cut = first_stop(text, stops)
-    end = len(text) if cut is None else cut
-    if end > sent:
-        yield text[sent:end]
+    tail = row.end()
+    if tail:
+        yield tail
