@@ -36,10 +36,17 @@ def available_memory_bytes(mesh=None) -> int | None:
     return None
 
 
+def cache_length(prompt_len: int, buffer: int) -> int:
+    """Cache slots of a decode: the prompt, the output buffer and room for the most proposals a speculative step
+    writes past a row's last token. Plain and speculative decodes use the same length, so their attention sums
+    run over the same slots (see row_invariant)."""
+    return prompt_len + buffer + speculative.MAX_PROPOSED
+
+
 def decode_bytes(config: ModelConfig, rows: int, prompt_len: int, buffer: int) -> int:
     """An estimate of what one decode allocates besides the weights: the KV cache, the per-row [B, V] state, and
     the prefill's attention scores (fp32, [B, N, T, S]), the largest activation."""
-    slots = prompt_len + buffer
+    slots = cache_length(prompt_len, buffer)
     itemsize = jax.numpy.dtype(config.dtype).itemsize
     cache = 2 * config.n_layers * rows * config.n_kv_heads * config.head_dim * slots * itemsize
     state = 6 * rows * config.vocab_size * 4 + 4 * rows * buffer * 4
@@ -54,7 +61,7 @@ def check_memory(config: ModelConfig, rows: int, prompt_len: int, buffer: int, m
         have is None or need <= have,
         InputError,
         f"this call needs about {need / 2**30:.1f} GiB for its KV cache and activations ({rows} rows x "
-        f"{prompt_len + buffer} slots) and {have / 2**30 if have else 0:.1f} GiB are available: "
+        f"{cache_length(prompt_len, buffer)} slots) and {have / 2**30 if have else 0:.1f} GiB are available: "
         "lower max_new_tokens, the prompt length or the number of prompts",
     )
 
@@ -116,7 +123,7 @@ class CompiledPrograms:
         """Prefill and the first token; the cache (and a draft's) with room for proposals past a row's last slot."""
         self.trace_count += 1
         b, t = inputs.tokens.shape
-        length = t + buffer + proposer.num_tokens
+        length = cache_length(t, buffer)
         if isinstance(proposer, speculative.DraftModel):
             extra = {**extra, "draft_cache": proposer.generator.programs.new_cache(b, length)}
         cache, draft_fn = self.new_cache(b, length), self._draft_fn(proposer)
@@ -150,12 +157,14 @@ class CompiledPrograms:
     def _start(self, params, inputs: loop.DecodeInputs, *, buffer: int, top_logprobs: int = 0) -> loop.DecodeState:
         self.trace_count += 1
         b, t = inputs.tokens.shape
-        return loop.start(self.logits_fn, params, inputs, self.new_cache(b, t + buffer), buffer, top_logprobs)
+        return loop.start(
+            self.logits_fn, params, inputs, self.new_cache(b, cache_length(t, buffer)), buffer, top_logprobs
+        )
 
     def _generate(self, params, inputs: loop.DecodeInputs, *, buffer: int, top_logprobs: int = 0) -> dict:
         self.trace_count += 1
         b, t = inputs.tokens.shape
-        cache = self.new_cache(b, t + buffer)
+        cache = self.new_cache(b, cache_length(t, buffer))
         return self._outputs(loop.generate_loop(self.logits_fn, params, inputs, cache, buffer, top_logprobs))
 
     @staticmethod

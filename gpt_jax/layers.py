@@ -22,6 +22,8 @@ from gpt_jax.kv_cache import cache_layout
 from gpt_jax.numerics import MASK_VALUE
 from gpt_jax.quantize import Int8Kernel, contract
 from gpt_jax.rope import dynamic_frequencies, inverse_frequencies
+from gpt_jax.row_invariant import ROW_TILE, softmax, tiled
+from gpt_jax.row_invariant import mean as mean_of
 
 init_weight = nn.initializers.normal(0.02)
 # Logical axis names of the weights: sharding maps them onto mesh axes (sharding.RULES).
@@ -98,11 +100,11 @@ class Norm(nn.Module):
         x32 = x.astype(jnp.float32)
         if cfg.norm == "layernorm" and not self.per_head:
             bias = weight(self, "bias", nn.initializers.zeros, (cfg.d_model,), dtype, (EMBED,))
-            mean = x32.mean(-1, keepdims=True)
-            var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+            mean = mean_of(x32)
+            var = mean_of(jnp.square(x32 - mean))
             y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         else:
-            y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + cfg.norm_eps)
+            y = x32 * jax.lax.rsqrt(mean_of(jnp.square(x32)) + cfg.norm_eps)
             scale = scale.astype(jnp.float32)
             y = y * (scale + cfg.norm_offset if cfg.norm_offset else scale)  # Gemma: 1 + w
         return y.astype(x.dtype)
@@ -163,14 +165,18 @@ class Attention(nn.Module):
             key, value = cache_layout(key, value)  # [B*K, H, T], [B*K, T, H]
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
-        scores = jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32) / math.sqrt(
-            cfg.attn_scalar or h
-        )
-        scores = softcap(scores, cfg.attn_softcap)
+        decode = t <= ROW_TILE  # a decode step's queries in tiles (row_invariant); a prefill's whole
+        tile = lambda product, x: tiled(product, x, 1) if decode else product(x)
+        scores = tile(lambda q: jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32), q)
+        scores = softcap(scores / math.sqrt(cfg.attn_scalar or h), cfg.attn_softcap)
         scores = scores.reshape(b, k, g, t, -1)  # [B, K, G, T, S]
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype).reshape(b * k, g * t, -1)
-        out = jnp.einsum("RQS,RSH->RQH", probs, value).reshape(b, k, g, t, h)
+        probs = (
+            (softmax(scores) if decode else jax.nn.softmax(scores, axis=-1))
+            .astype(value.dtype)
+            .reshape(b * k, g * t, -1)
+        )
+        out = tile(lambda p: jnp.einsum("RQS,RSH->RQH", p, value), probs).reshape(b, k, g, t, h)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)  # [B, T, N*H]: heads in the kernel's order
         w_o = weight(self, "o_kernel", out_init, (n, h, d), dtype, (HEADS, HEAD_DIM, EMBED), 2)
         y = contract("BTI,IO->BTO", out, _merge_heads(w_o))

@@ -25,6 +25,7 @@ from gpt_jax.layers import EMBED, MLP, POSITION, VOCAB, Attention, Norm, WeightI
 from gpt_jax.moe import SparseMoE
 from gpt_jax.params import flatten
 from gpt_jax.quantize import contract
+from gpt_jax.row_invariant import rows_alike
 
 
 class Block(nn.Module):
@@ -76,7 +77,8 @@ class Transformer(nn.Module):
             x, cache = Block(cfg, layer, name=f"layer_{layer}")(x, positions, layer_mask, cache)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
-            logits = jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
+            head = lambda x: jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
+            logits = rows_alike(head, x)
         else:
             head = weight(self, "lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype, (EMBED, VOCAB), 1)
             logits = contract("BTD,DV->BTV", x, head, jnp.float32)

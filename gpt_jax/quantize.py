@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.params import map_named
+from gpt_jax.row_invariant import rows_alike
 
 
 @flax.struct.dataclass
@@ -71,9 +72,9 @@ def contract(spec: str, x: jax.Array, w, out_dtype=None) -> jax.Array:
     x contracts its last `w.in_axes` axes with w's first ones, and the output is x's other axes then w's others.
     """
     if not isinstance(w, Int8Kernel):
-        return jnp.einsum(spec, x, w, preferred_element_type=out_dtype)
+        return rows_alike(lambda x: jnp.einsum(spec, x, w, preferred_element_type=out_dtype), x)
     if not w.activations:
-        y = jnp.einsum(spec, x, w.q.astype(x.dtype), preferred_element_type=out_dtype)
+        y = rows_alike(lambda x: jnp.einsum(spec, x, w.q.astype(x.dtype), preferred_element_type=out_dtype), x)
         return y * w.scale.astype(y.dtype)
     lead = x.shape[: x.ndim - w.in_axes]
     single = math.prod(lead) == 1

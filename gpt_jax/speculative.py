@@ -6,9 +6,9 @@ plain decoding chooses that token: the same penalties (their counts advanced by 
 same sampler with the same key fold_in(row_key, t + j). The row emits c_0, c_1, ..., c_n, where n is the number of
 leading proposals equal to the choice before them (P_{j+1} == c_j). Every emitted token is the model's own choice,
 made from the state and key plain decoding would have used, so the output is plain decoding's for any k and any
-proposer; proposals only decide how many tokens one forward pass yields. (Up to rounding: XLA:CPU multiplies one
-row with another kernel than several, so a k + 1-position pass's logits differ from a one-token step's by about
-1e-6, and a sampled draw within that of a boundary can differ: seen on near-flat random-weight distributions.)
+proposer; proposals only decide how many tokens one forward pass yields. Bit for bit: the decode step's
+arithmetic is row-invariant (`row_invariant`), so position j of a k + 1-position pass gets the logits a one-token
+step would, and plain and speculative decodes keep the same cache length.
 Emitted tokens are appended one at a time with plain decoding's stop rules (EOS, stop sequences, budget), so a row
 stops exactly where it would.
 

@@ -1,0 +1,136 @@
+"""A row's values never depend on how many rows or positions are computed with it (row_invariant).
+
+Three levels: the summation order itself; the kernel classes the products rely on, for the models' real shapes on
+this machine's backend; and the model: a row's logits from a decode step are bit-identical at any batch size and
+as any position of a speculative verification pass. The last test is the end-to-end case that used to differ: a
+random GPT-2-small model (near-flat distributions) sampled with top-p, where one rounding step changes the draw.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gpt_jax
+from gpt_jax.batching import bucket
+from gpt_jax.config import PRESETS
+from gpt_jax.kv_cache import cached_positions_and_mask
+from gpt_jax.row_invariant import ROW_TILE, row_sum, rows_alike, softmax, tiled
+from gpt_jax.speculative import Reference
+
+RNG = np.random.default_rng(0)
+
+
+def normal(*shape, scale=1.0):
+    return jnp.asarray(RNG.standard_normal(shape).astype(np.float32) * scale)
+
+
+def test_row_sum_is_a_sum_in_one_order_for_every_row_count_and_padding():
+    x = normal(40, 1000)
+    np.testing.assert_allclose(row_sum(x), np.asarray(x, np.float64).sum(-1), rtol=1e-5, atol=1e-4)
+    one = np.asarray(jax.jit(row_sum)(x[:1]))[0]
+    for rows in (2, 3, 6, 17, 40):
+        assert np.asarray(jax.jit(row_sum)(x[:rows]))[0] == one
+    padded = jnp.concatenate([x[:1], jnp.zeros((1, 1048))], axis=-1)  # a longer cache: zeros beyond the row
+    assert np.asarray(jax.jit(row_sum)(padded))[0] == one
+    probs = softmax(x[:3])
+    np.testing.assert_allclose(probs, jax.nn.softmax(x[:3], axis=-1), rtol=1e-5, atol=1e-7)
+
+
+def product_shapes():
+    """(contracted, output) widths of every decode-step product of the GPT-2 and Llama presets."""
+    shapes = set()
+    for name in ("gpt2-small", "llama-small"):
+        c = PRESETS[name]
+        kv = c.n_kv_heads * c.head_dim
+        shapes |= {(c.d_model, c.n_heads * c.head_dim), (c.d_model, kv), (c.n_heads * c.head_dim, c.d_model)}
+        shapes |= {(c.d_model, c.mlp_dim), (c.mlp_dim, c.d_model), (c.d_model, c.vocab_size)}
+    return sorted(shapes)
+
+
+@pytest.mark.parametrize("width_in,width_out", product_shapes())
+def test_products_round_each_row_alike_for_any_row_count(width_in, width_out):
+    w = normal(width_in, width_out, scale=0.02)
+    x = normal(72, 1, width_in)
+    product = jax.jit(lambda x: rows_alike(lambda x: jnp.einsum("BTI,IO->BTO", x, w), x))
+    row = np.asarray(product(x[:1]))[0]
+    differs = [n for n in (2, 3, 9, ROW_TILE, ROW_TILE + 1, 40, 72) if not np.array_equal(product(x[:n])[0], row)]
+    assert differs == []
+    positions = x[:9, 0][None]  # one row's 9 positions: a verification pass
+    assert np.array_equal(np.asarray(product(positions))[0, 0], row[0])
+
+
+@pytest.mark.parametrize("slots", [176, 1040])
+def test_attention_products_round_each_query_alike(slots):
+    keys, values = normal(12, 64, slots), normal(12, slots, 64)
+    q, probs = normal(12, 72, 64), jnp.asarray(RNG.random((12, 72, slots)).astype(np.float32))
+    scores = jax.jit(lambda q: tiled(lambda q: jnp.einsum("RQH,RHS->RQS", q, keys), q, 1))
+    mixed = jax.jit(lambda p: tiled(lambda p: jnp.einsum("RQS,RSH->RQH", p, values), p, 1))
+    s1, m1 = np.asarray(scores(q[:, :1]))[:, 0], np.asarray(mixed(probs[:, :1]))[:, 0]
+    for queries in (2, 9, 40, 72):
+        assert np.array_equal(np.asarray(scores(q[:, :queries]))[:, 0], s1)
+        assert np.array_equal(np.asarray(mixed(probs[:, :queries]))[:, 0], m1)
+
+
+def decode_logits(gen, cache, tokens, index):
+    """Logits [B, T, V] of feeding tokens [B, T] at slot `index` of every row (prompt slots 0..index-1)."""
+    b, t = tokens.shape
+    pad = jnp.zeros((b,), jnp.int32)
+    positions, mask = cached_positions_and_mask(jnp.asarray(index, jnp.int32), pad, t, cache.length)
+    logits, _ = jax.jit(gen.programs.logits_fn)(gen.params, tokens, positions, mask, cache.replace(index=index))
+    return np.asarray(logits)
+
+
+def prefilled(gen, prompt, rows, length=96):
+    """A cache of `rows` copies of `prompt`'s prefill (every row holds the same keys and values)."""
+    cache = gen.programs.new_cache(1, length)
+    tokens = jnp.asarray([prompt], jnp.int32)
+    positions, mask = cached_positions_and_mask(
+        jnp.zeros((), jnp.int32), jnp.zeros((1,), jnp.int32), len(prompt), length
+    )
+    _, cache = jax.jit(gen.programs.logits_fn)(gen.params, tokens, positions, mask, cache)
+    return jax.tree.map(lambda a: jnp.concatenate([a] * rows, axis=0) if a.ndim else a, cache)  # [B*K, ...] rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["gpt2-small", "llama-small"])
+def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_count(preset):
+    config = dataclasses.replace(PRESETS[preset], n_layers=2)
+    gen = gpt_jax.Generator.from_config(config, key=1)
+    prompt = RNG.integers(3, 1000, 24).tolist()
+    fed = RNG.integers(3, 1000, (20, 9)).astype(np.int32)  # row 0: the token after the prompt and 8 proposals
+    chain = []  # plain decoding, one token per pass at batch 1
+    cache = prefilled(gen, prompt, 1)
+    for j in range(9):
+        positions, mask = cached_positions_and_mask(jnp.asarray(24 + j), jnp.zeros((1,), jnp.int32), 1, cache.length)
+        logits, cache = jax.jit(gen.programs.logits_fn)(
+            gen.params, jnp.asarray(fed[:1, j : j + 1]), positions, mask, cache
+        )
+        chain.append(np.asarray(logits)[0, 0])
+    for rows in (2, 5, ROW_TILE + 4):  # batch-mates fed other tokens
+        assert np.array_equal(
+            decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :1]), 24)[0, 0], chain[0]
+        )
+    for rows, width in ((1, 2), (1, 5), (1, 9), (3, 9)):  # verification passes (3 x 9: more rows than a tile)
+        wide = decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :width]), 24)
+        for j in range(width):
+            assert np.array_equal(wide[0, j], chain[j]), (rows, width, j)
+
+
+@pytest.mark.slow
+def test_near_flat_sampling_is_unchanged_by_batch_mates_and_speculation():
+    """Random GPT-2-small at temperature 0.8 / top-p 0.95 draws from ~47k nearly equal probabilities: seed 3 changed
+    its 70th token when its logits were rounded differently (batch 2, or a 3-, 5- or 9-position verification)."""
+    gen = gpt_jax.Generator.from_config(PRESETS["gpt2-small"], key=0)
+    prompt = np.random.default_rng(0).integers(3, 1000, 32).tolist()
+    settings = dict(max_new_tokens=80, temperature=0.8, top_p=0.95, seed=3, ignore_eos=True)
+    plain = gen.generate_ids([prompt], **settings).token_ids[0]
+    assert gen.generate_ids([prompt, prompt[:20]], **settings).token_ids[0] == plain
+    reference = np.zeros((bucket(1), 80), np.int32)
+    reference[0] = plain
+    for k in (2, 4, 8):
+        out = gen.generate_ids([prompt], speculative=Reference(reference, k, 1.0, seed=1), **settings)
+        assert out.token_ids[0] == plain, k
+        assert sum(out.speculation["passes"]) < 80  # the proposals were used, not only one-token passes
