@@ -34,16 +34,27 @@ import jax.numpy as jnp
 ROW_TILE = 16
 
 
-def row_sum(x: jax.Array, keepdims: bool = False) -> jax.Array:
-    """[..., N] -> [...] (or [..., 1]): the sum over the last axis, in a fixed pairwise order."""
+def _pairwise(x: jax.Array, combine, fill: float, keepdims: bool) -> jax.Array:
+    """Reduce the last axis by `combine` over neighbours, level by level, padded with `fill` to a power of two."""
     n = x.shape[-1]
     width = 1 << max(0, math.ceil(math.log2(max(n, 1))))
     if width != n:
-        x = jnp.concatenate([x, jnp.zeros((*x.shape[:-1], width - n), x.dtype)], axis=-1)
+        x = jnp.concatenate([x, jnp.full((*x.shape[:-1], width - n), fill, x.dtype)], axis=-1)
     while x.shape[-1] > 1:
         pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-        x = pairs[..., 0] + pairs[..., 1]
+        x = combine(pairs[..., 0], pairs[..., 1])
     return x if keepdims else x[..., 0]
+
+
+def row_sum(x: jax.Array, keepdims: bool = False) -> jax.Array:
+    """[..., N] -> [...] (or [..., 1]): the sum over the last axis, in a fixed pairwise order."""
+    return _pairwise(x, jnp.add, 0.0, keepdims)
+
+
+def row_max(x: jax.Array, keepdims: bool = False) -> jax.Array:
+    """[..., N] -> [...] (or [..., 1]): the max over the last axis, as elementwise maxima (no reduce op, see
+    softmax)."""
+    return _pairwise(x, jnp.maximum, -jnp.inf, keepdims)
 
 
 def row_mean(x: jax.Array) -> jax.Array:
@@ -63,8 +74,10 @@ def mean(x: jax.Array) -> jax.Array:
 
 
 def softmax(x: jax.Array) -> jax.Array:
-    """[..., N] -> [..., N]: softmax over the last axis, summed by row_sum."""
-    shifted = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+    """[..., N] -> [..., N]: softmax over the last axis, summed by row_sum. The max is row_max, not a reduce op:
+    XLA:CPU hands a reduce over 4096 elements or more to YNNPACK together with the exp after it, and YNNPACK's exp
+    rounds otherwise than XLA's, so a row's probabilities changed once its batch-mates made the array that big."""
+    shifted = jnp.exp(x - jax.lax.stop_gradient(row_max(x, keepdims=True)))
     return shifted / row_sum(shifted, keepdims=True)
 
 
