@@ -22,8 +22,7 @@ from gpt_jax.kv_cache import cache_layout
 from gpt_jax.numerics import MASK_VALUE
 from gpt_jax.quantize import Int8Kernel, contract
 from gpt_jax.rope import dynamic_frequencies, inverse_frequencies
-from gpt_jax.row_invariant import ROW_TILE, softmax, tiled
-from gpt_jax.row_invariant import mean as mean_of
+from gpt_jax.row_invariant import decode_shaped, last_axis_mean, softmax, tiled
 
 init_weight = nn.initializers.normal(0.02)
 # Logical axis names of the weights: sharding maps them onto mesh axes (sharding.RULES).
@@ -100,11 +99,11 @@ class Norm(nn.Module):
         x32 = x.astype(jnp.float32)
         if cfg.norm == "layernorm" and not self.per_head:
             bias = weight(self, "bias", nn.initializers.zeros, (cfg.d_model,), dtype, (EMBED,))
-            mean = mean_of(x32)
-            var = mean_of(jnp.square(x32 - mean))
+            mean = last_axis_mean(x32)
+            var = last_axis_mean(jnp.square(x32 - mean))
             y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         else:
-            y = x32 * jax.lax.rsqrt(mean_of(jnp.square(x32)) + cfg.norm_eps)
+            y = x32 * jax.lax.rsqrt(last_axis_mean(jnp.square(x32)) + cfg.norm_eps)
             scale = scale.astype(jnp.float32)
             y = y * (scale + cfg.norm_offset if cfg.norm_offset else scale)  # Gemma: 1 + w
         return y.astype(x.dtype)
@@ -165,7 +164,7 @@ class Attention(nn.Module):
             key, value = cache_layout(key, value)  # [B*K, H, T], [B*K, T, H]
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
-        decode = t <= ROW_TILE  # a decode step's queries in tiles (row_invariant); a prefill's whole
+        decode = decode_shaped(x)  # a decode step's queries in tiles (row_invariant); a prefill's whole
         tile = lambda product, x: tiled(product, x, 1) if decode else product(x)
         scores = tile(lambda q: jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32), q)
         scores = softcap(scores / math.sqrt(cfg.attn_scalar or h), cfg.attn_softcap)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.params import map_named
-from gpt_jax.row_invariant import rows_alike
+from gpt_jax.row_invariant import at_least_two, rows_alike
 
 
 @flax.struct.dataclass
@@ -79,7 +79,7 @@ def contract(spec: str, x: jax.Array, w, out_dtype=None) -> jax.Array:
     lead = x.shape[: x.ndim - w.in_axes]
     single = math.prod(lead) == 1
     if single:  # pair a lone token with a zero row: XLA:CPU's int8 product is slow for one row
-        x = jnp.concatenate([x, jnp.zeros_like(x)], axis=0)
+        x = at_least_two(x, 0)
     x32 = x.astype(jnp.float32)
     x_scale = jnp.max(jnp.abs(x32), axis=tuple(range(len(lead), x.ndim)), keepdims=True) / 127.0
     x_scale = jnp.where(x_scale == 0, 1.0, x_scale)

@@ -7,10 +7,12 @@ reduction and which kernel multiplies by the shape of the whole array (on XLA:CP
 summed in another order for T = 1 and T = 6; one row is multiplied by a matrix-vector kernel that rounds otherwise
 than the matrix-matrix one; and that one switches kernels past 16 rows for some widths), so:
 
-  row_sum / row_mean / softmax
-               sums over the last axis as a tree of pairwise adds of neighbours, zero-padded to a power of two:
-               elementwise adds, which no compiler reorders, and trailing zeros add nothing, so a row's sum is the
-               same in every array it sits in (and over every padded key length). Max is exact in any order.
+  row_sum / row_max / last_axis_mean / softmax
+               sums (and maxima) over the last axis as a tree of elementwise ops on neighbours, padded to a power
+               of two: no compiler reorders them, and trailing zeros add nothing, so a row's sum is the same in
+               every array it sits in (and over every padded key length). No reduce op either: XLA:CPU hands a
+               reduce over 4096 elements or more to YNNPACK together with the elementwise ops around it, and
+               YNNPACK's exp rounds otherwise than XLA's.
                (A prefill, more than ROW_TILE positions, keeps XLA's own sums and whole products: they compile
                faster, and nothing else computes its rows to compare with.)
   rows_alike   a decode step's products (T <= ROW_TILE positions) over tiles of 2 to ROW_TILE rows: a lone row is
@@ -57,20 +59,15 @@ def row_max(x: jax.Array, keepdims: bool = False) -> jax.Array:
     return _pairwise(x, jnp.maximum, -jnp.inf, keepdims)
 
 
-def row_mean(x: jax.Array) -> jax.Array:
-    """[..., N] -> [..., 1]: the mean over the last axis (row_sum / N)."""
-    return row_sum(x, keepdims=True) / x.shape[-1]
-
-
 def decode_shaped(x: jax.Array) -> bool:
     """Is x [B, T, ...] a decode step's (T <= ROW_TILE positions)? Longer inputs (a prefill) keep XLA's own sums
     and products, which compile faster: nothing else computes their rows to compare with."""
     return x.ndim >= 3 and x.shape[1] <= ROW_TILE
 
 
-def mean(x: jax.Array) -> jax.Array:
-    """[B, T, ..., N] -> [B, T, ..., 1]: row_mean in a decode step, XLA's mean otherwise."""
-    return row_mean(x) if decode_shaped(x) else x.mean(-1, keepdims=True)
+def last_axis_mean(x: jax.Array) -> jax.Array:
+    """[B, T, ..., N] -> [B, T, ..., 1]: row_sum / N in a decode step, XLA's mean otherwise."""
+    return row_sum(x, keepdims=True) / x.shape[-1] if decode_shaped(x) else x.mean(-1, keepdims=True)
 
 
 def softmax(x: jax.Array) -> jax.Array:

@@ -6,6 +6,7 @@ import pytest
 
 from gpt_jax import GenerationSettings, Generator, InputError, TokenizerError
 from gpt_jax.config import GPT2_TINY, LLAMA_TINY, ConfigError
+from gpt_jax.compiled import cache_length
 
 PROMPTS = [[1, 5, 9, 13, 17, 21, 25], [1, 7], [1, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46]]
 
@@ -74,7 +75,7 @@ def test_compiled_decode_never_copies_the_cache(gen, rows):
     lowered = gen.programs.generate.lower(gen.params, prep.inputs, buffer=prep.buffer, top_logprobs=0)
     hlo = lowered.compile().as_text()
     tokens = prep.inputs.tokens
-    cfg, slots = gen.config, tokens.shape[1] + prep.buffer
+    cfg, slots = gen.config, cache_length(tokens.shape[1], prep.buffer)
     r = tokens.shape[0] * cfg.n_kv_heads
     shapes = [f"[{r},{cfg.head_dim},{slots}]", f"[{r},{slots},{cfg.head_dim}]"]
     copies = [line for line in hlo.splitlines() if " copy(" in line and any(s in line.split("=")[1] for s in shapes)]
