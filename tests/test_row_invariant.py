@@ -56,7 +56,7 @@ def test_products_round_each_row_alike_for_any_row_count(width_in, width_out):
     x = normal(72, 1, width_in)
     product = jax.jit(lambda x: rows_alike(lambda x: jnp.einsum("BTI,IO->BTO", x, w), x))
     row = np.asarray(product(x[:1]))[0]
-    differs = [n for n in (2, 3, 9, ROW_TILE, ROW_TILE + 1, 40, 72) if not np.array_equal(product(x[:n])[0], row)]
+    differs = [n for n in (2, 9, ROW_TILE + 1, 72) if not np.array_equal(product(x[:n])[0], row)]
     assert differs == []
     positions = x[:9, 0][None]  # one row's 9 positions: a verification pass
     assert np.array_equal(np.asarray(product(positions))[0, 0], row[0])
@@ -69,7 +69,7 @@ def test_attention_products_round_each_query_alike(slots):
     scores = jax.jit(lambda q: tiled(lambda q: jnp.einsum("RQH,RHS->RQS", q, keys), q, 1))
     mixed = jax.jit(lambda p: tiled(lambda p: jnp.einsum("RQS,RSH->RQH", p, values), p, 1))
     s1, m1 = np.asarray(scores(q[:, :1]))[:, 0], np.asarray(mixed(probs[:, :1]))[:, 0]
-    for queries in (2, 9, 40, 72):
+    for queries in (2, 40, 72):
         assert np.array_equal(np.asarray(scores(q[:, :queries]))[:, 0], s1)
         assert np.array_equal(np.asarray(mixed(probs[:, :queries]))[:, 0], m1)
 
@@ -109,11 +109,11 @@ def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_co
             gen.params, jnp.asarray(fed[:1, j : j + 1]), positions, mask, cache
         )
         chain.append(np.asarray(logits)[0, 0])
-    for rows in (2, 5, ROW_TILE + 4):  # batch-mates fed other tokens
+    for rows in (5, ROW_TILE + 4):  # batch-mates fed other tokens
         assert np.array_equal(
             decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :1]), 24)[0, 0], chain[0]
         )
-    for rows, width in ((1, 2), (1, 5), (1, 9), (3, 9)):  # verification passes (3 x 9: more rows than a tile)
+    for rows, width in ((1, 9), (3, 9)):  # verification passes (3 x 9: more rows than a tile)
         wide = decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :width]), 24)
         for j in range(width):
             assert np.array_equal(wide[0, j], chain[j]), (rows, width, j)
@@ -130,7 +130,6 @@ def test_near_flat_sampling_is_unchanged_by_batch_mates_and_speculation():
     assert gen.generate_ids([prompt, prompt[:20]], **settings).token_ids[0] == plain
     reference = np.zeros((bucket(1), 80), np.int32)
     reference[0] = plain
-    for k in (2, 4, 8):
-        out = gen.generate_ids([prompt], speculative=Reference(reference, k, 1.0, seed=1), **settings)
-        assert out.token_ids[0] == plain, k
-        assert sum(out.speculation["passes"]) < 80  # the proposals were used, not only one-token passes
+    out = gen.generate_ids([prompt], speculative=Reference(reference, 8, 1.0, seed=1), **settings)  # 9 positions
+    assert out.token_ids[0] == plain
+    assert sum(out.speculation["passes"]) < 80  # the proposals were used, not only one-token passes
