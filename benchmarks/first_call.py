@@ -21,7 +21,7 @@ CHILD = r"""
 import json, sys, time
 import jax
 import gpt_jax
-from gpt_jax.config import GPT2_SMALL
+from gpt_jax.model.presets import GPT2_SMALL
 if sys.argv[1] != "-":
     gpt_jax.enable_compile_cache(sys.argv[1])
 gen = gpt_jax.Generator.from_config(GPT2_SMALL, key=0)

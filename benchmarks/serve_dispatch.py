@@ -21,10 +21,10 @@ import jax
 import numpy as np
 
 import gpt_jax
-from gpt_jax.bench_serve import machine
-from gpt_jax.engine import Engine, Request
-from gpt_jax.settings import GenerationSettings
-from gpt_jax.slots import RowSettings
+from gpt_jax.bench.serving import machine
+from gpt_jax.decoding.settings import GenerationSettings
+from gpt_jax.serving.engine import Engine, Request
+from gpt_jax.serving.slots import RowSettings
 
 
 def serve_all(engine: Engine, preps) -> float:
@@ -63,7 +63,7 @@ def device_only(engine: Engine, prep, params, steps: int, rounds: int) -> float:
         for _ in range(rounds):
             state, out = programs.decode(params, state, release, steps=steps, top_logprobs=0)
         jax.block_until_ready(out)
-        assert not np.asarray(state.done).any()  # every slot decoded every step
+        assert not np.asarray(state.rows.done).any()  # every slot decoded every step
         best = min(best, (time.perf_counter() - start) / (rounds * steps)) if repeat else best
     return best
 

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from gpt_jax.decoding.generator import GenerationResult, Generator
+from gpt_jax.decoding.rows import FINISH_CODES, FINISH_NAMES, RUNNING
+from gpt_jax.decoding.settings import GenerationSettings, per_row
 from gpt_jax.errors import InputError, check
-from gpt_jax.generate import GenerationResult, Generator
-from gpt_jax.loop import FINISH_CODES, FINISH_NAMES, RUNNING
-from gpt_jax.settings import GenerationSettings, per_row
-from gpt_jax.sharding import make_mesh
-from gpt_jax.tokenizer import IncrementalDecoder
+from gpt_jax.parallel.sharding import make_mesh
+from gpt_jax.text.detokenize import IncrementalDecoder
 
 ENV_HELP = (
     "--distributed needs a cluster JAX detects by itself (a TPU VM slice, SLURM, ...) or GPT_JAX_COORDINATOR "

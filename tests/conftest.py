@@ -12,8 +12,9 @@ import pytest
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ["GPT_JAX_COMPILE_CACHE"] = "off"  # the command line's compile cache stays out of the home directory
 
-from gpt_jax.config import GPT2_TINY, LLAMA_TINY
-from gpt_jax.tokenizer import Tokenizer, train_tokenizer
+from gpt_jax.model.presets import GPT2_TINY, LLAMA_TINY
+from gpt_jax.text.sentencepiece_training import train_tokenizer
+from gpt_jax.text.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "data" / "shakespeare.txt"
@@ -46,7 +47,7 @@ def small_tokenizer(corpus_slice) -> Tokenizer:
 
 def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
     """`gpt-jax ARGV` in this process: (exit status, stdout, stderr); argparse's own exits count as statuses."""
-    from gpt_jax.cli import main
+    from gpt_jax.cli.main import main
 
     try:
         code = main(argv)
@@ -85,7 +86,7 @@ CHAT_TEMPLATE = (
 def served_gen():
     """The bundled model with a small chat template, for the server's tests."""
     import gpt_jax
-    from gpt_jax.chat import ChatTemplate
+    from gpt_jax.text.chat import ChatTemplate
 
     g = gpt_jax.load()
     g.tokenizer.chat_template = ChatTemplate(CHAT_TEMPLATE)

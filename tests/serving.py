@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-
-from gpt_jax.serve_run import BackgroundServer
+from gpt_jax.serving.run import BackgroundServer
 
 
 class RunningServer(BackgroundServer):
@@ -18,39 +16,21 @@ class RunningServer(BackgroundServer):
 
 def run_requests(engine, items, timeout: float = 600) -> list[dict]:
     """Submit (prompt ids, settings dict) pairs to `engine` at once; wait for all. Each result: per row tokens,
-    logprobs, top alternatives and finish reason, and "error" when the request failed."""
-    from gpt_jax.engine import Request
-    from gpt_jax.settings import GenerationSettings
+    logprobs, top alternatives and finish reason (the engine's own `Outcome`), and "error" when the request failed."""
+    from gpt_jax.decoding.settings import GenerationSettings
+    from gpt_jax.serving.requests import Outcome, Request
 
-    results, requests = [], []
-    lock, left, all_done = threading.Lock(), [len(items)], threading.Event()
-
-    def listener(result):
-        def on_event(event):
-            if event.kind == "tokens":
-                result["tokens"][event.row] += event.tokens
-                result["logprobs"][event.row] += event.logprobs
-                result["top"][event.row] += event.top or []
-                return
-            if event.kind == "finish":
-                result["finish"][event.row] = event.finish
-            else:
-                result["error"] = event.error
-            if "error" in result or all(f is not None for f in result["finish"]):
-                with lock:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        all_done.set()
-
-        return on_event
-
+    outcomes, requests = [], []
     for ids, settings in items:
         prep = engine.prepare(ids, GenerationSettings.of(settings))
-        result = {name: [[] for _ in range(prep.rows)] for name in ("tokens", "logprobs", "top")}
-        result["finish"] = [None] * prep.rows
-        results.append(result)
-        requests.append(Request(prep, listener(result)))
+        outcomes.append(Outcome(prep.rows))
+        requests.append(Request(prep, outcomes[-1].on_event))
     for request in requests:
         engine.submit(request)
-    assert all_done.wait(timeout), "requests did not finish"
+    assert all(outcome.wait(timeout) for outcome in outcomes), "requests did not finish"
+    results = []
+    for o in outcomes:
+        results.append({"tokens": o.tokens, "logprobs": o.logprobs, "top": o.top, "finish": o.finish})
+        if o.error is not None:
+            results[-1]["error"] = o.error
     return results

@@ -1,6 +1,6 @@
 import numpy as np
 
-from gpt_jax.batching import bucket, left_pad
+from gpt_jax.decoding.batching import bucket, left_pad
 
 
 def test_buckets():

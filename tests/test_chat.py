@@ -1,15 +1,19 @@
 """Chat templates: rendered as transformers renders them, special tokens kept as tokens, sandboxed, and `chat`
 generates what `generate_ids` generates from the same prompt ids."""
 
+import io
 import json
+import shutil
 
+import httpx
 import jax
 import pytest
 
 import gpt_jax
-from gpt_jax import Generator, InputError, TokenizerError, checkpoint
-from gpt_jax.chat import ChatTemplate
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax import Generator, InputError, TokenizerError
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.text.chat import ChatTemplate
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -55,9 +59,9 @@ def chat_dir(corpus_slice, tmp_path_factory):
     bos, eot = hf_tok.convert_tokens_to_ids("<|begin|>"), hf_tok.convert_tokens_to_ids("<|eot_id|>")
     cfg = LLAMA_TINY.replace(vocab_size=320, bos_id=bos, eos_ids=(eot,), pad_id=eot, tie_embeddings=True)
     gen = Generator.from_config(cfg, key=jax.random.key(3))
-    config_dict, tensors = gpt_jax.hf_export.export_tensors(cfg, gen.params)
+    config_dict, tensors = gpt_jax.checkpoints.hf.export.export_tensors(cfg, gen.params)
     (d / "config.json").write_text(json.dumps(config_dict))
-    gpt_jax.safetensors_io.write(d / "model.safetensors", tensors)
+    gpt_jax.checkpoints.safetensors_io.write(d / "model.safetensors", tensors)
     return d, hf_tok
 
 
@@ -147,7 +151,7 @@ def test_bad_conversations_and_hostile_templates_are_typed_errors(chat_dir):
 def test_the_chat_command_streams_replies_keeps_history_and_resets(chat_dir, capsys, monkeypatch):
     import io
 
-    from gpt_jax.cli import main
+    from gpt_jax.cli.main import main
 
     d, _ = chat_dir
     g = gpt_jax.load(d)
@@ -204,9 +208,8 @@ def test_chat_greedy_equals_transformers_and_stops_at_the_end_of_turn_id(chat_di
 def test_generation_config_sampling_defaults_apply_where_the_caller_sets_none(chat_dir, tmp_path, capsys):
     import shutil
 
+    from gpt_jax.checkpoints.hf.config import generation_defaults
     from tests.conftest import run_cli
-
-    from gpt_jax.hf_config import generation_defaults
 
     assert generation_defaults({"do_sample": True, "temperature": 0.6, "top_p": 0.9}) == {
         "temperature": 0.6,
@@ -244,3 +247,71 @@ def test_generation_config_sampling_defaults_apply_where_the_caller_sets_none(ch
     assert (
         json.loads(out)["token_ids"] == g.generate(["Romeo"], seed=5, temperature=0.8, top_p=0.95, top_k=0).token_ids[0]
     )
+
+
+CHATML = (  # Qwen's style: turns end in <|im_end|>, the model's EOS; a default system turn when none is given
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    + TURNS
+)
+CHATML_CONVERSATIONS = {
+    "default system": CONVERSATION[:1],
+    "system": CONVERSATIONS["system"],
+    "multi-turn": CONVERSATION,
+}
+
+
+@pytest.fixture(scope="module")
+def chatml_dir(chat_dir, tmp_path_factory):
+    """chat_dir's model and tokenizer as a ChatML checkpoint: <|im_end|> ends every turn and is the model's EOS."""
+    d, hf_tok = chat_dir
+    out = tmp_path_factory.mktemp("chatml") / "m"
+    shutil.copytree(d, out)
+    im_end = hf_tok.convert_tokens_to_ids("<|im_end|>")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "eos_token_id": im_end, "pad_token_id": im_end}))
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer_config.update(chat_template=CHATML, eos_token="<|im_end|>")
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (out / "chat_template.jinja").write_text(CHATML)  # where transformers 5 keeps the template
+    return out, im_end, hf_tok
+
+
+@pytest.mark.parametrize("name", CHATML_CONVERSATIONS)
+def test_a_chatml_reply_is_the_text_of_its_tokens_although_the_prompt_holds_the_eos_id(chatml_dir, name):
+    d, im_end, hf_tok = chatml_dir
+    g = gpt_jax.load(d)
+    conversation = CHATML_CONVERSATIONS[name]
+    assert g.config.eos_ids == (im_end,) and im_end in g.tokenizer.apply_chat_template(conversation)
+    settings = dict(max_new_tokens=12, min_new_tokens=12, seed=1, temperature=1.0)
+    out = g.chat(conversation, **settings)
+    ids = out.token_ids[0]
+    assert len(ids) == 12 and out.texts[0] == hf_tok.decode(ids, skip_special_tokens=True) and out.texts[0]
+
+
+def test_the_chat_command_prints_a_chatml_reply(chatml_dir, capsys, monkeypatch):
+    from gpt_jax.cli.main import main
+
+    d, _, _ = chatml_dir
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who is Romeo?\n/exit\n"))
+    flags = ["--max-new-tokens", "12", "--min-new-tokens", "12", "--seed", "1", "--temperature", "1.0"]
+    assert main(["chat", "--model", str(d), *flags]) == 0
+    want = gpt_jax.load(d).chat(CONVERSATION[:1], max_new_tokens=12, min_new_tokens=12, seed=1, temperature=1.0)
+    assert capsys.readouterr().out == want.texts[0] + "\n" and want.texts[0]
+
+
+def test_the_server_answers_a_chatml_conversation_with_its_text(chatml_dir):
+    from tests.serving import RunningServer
+
+    d, _, hf_tok = chatml_dir
+    g = gpt_jax.load(d)
+    settings = dict(max_new_tokens=12, min_new_tokens=12, seed=1, temperature=1.0, top_p=1.0)
+    want = g.chat(CONVERSATION, **settings)
+    server = RunningServer(g, "chatml", slots=2)
+    try:
+        body = {"model": "chatml", "messages": CONVERSATION, "max_tokens": 12, "min_tokens": 12, "seed": 1,
+                "temperature": 1.0, "top_p": 1.0}
+        reply = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120).json()
+    finally:
+        server.stop()
+    assert reply["choices"][0]["message"]["content"] == want.texts[0] != ""
+    assert want.texts[0] == hf_tok.decode(want.token_ids[0], skip_special_tokens=True)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import CheckpointError, Generator, checkpoint
-from gpt_jax.params import flatten
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax import CheckpointError, Generator
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.model.params import flatten
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import json
 import jax
 import pytest
 
-from gpt_jax import Generator, checkpoint
-from gpt_jax.cli import main
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax import Generator
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.cli.main import main
+from gpt_jax.model.presets import LLAMA_TINY
 from tests.conftest import run_cli
 
 
@@ -117,7 +118,7 @@ def test_stream_prints_what_generate_prints(capsys, model_dir):
 
 
 def test_compile_cache_directory_from_the_environment(tmp_path, monkeypatch):
-    from gpt_jax import compile_cache
+    from gpt_jax.util import compile_cache
 
     monkeypatch.setattr(compile_cache.jax.config, "update", lambda *a: None)  # keep this process's settings
     monkeypatch.setenv(compile_cache.ENV, "off")

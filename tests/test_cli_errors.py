@@ -11,9 +11,11 @@ import jax
 import pytest
 
 import gpt_jax
-from gpt_jax import GenerationSettings, Generator, checkpoint
-from gpt_jax.cli import _parser, main
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax import GenerationSettings, Generator
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.cli.main import main
+from gpt_jax.cli.parser import build_parser
+from gpt_jax.model.presets import LLAMA_TINY
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +73,8 @@ CASES = [  # (argv, exit status, part of the one line on stderr)
     (TRAIN + ["--weight-decay", "nan"], 2, "weight_decay must be a finite number"),
     (TRAIN + ["--min-lr-ratio", "-5"], 2, "min_lr_ratio must be a finite number in [0.0, 1.0]"),
     (TRAIN[:-1] + ["100000"], 2, "seq_len=100000 is more than the model's context"),
+    (TRAIN + ["--seed", str(2**64)], 2, "seed must be an integer in [0, 2**32), got 18446744073709551616"),
+    (TRAIN + ["--val-every", "1"], 2, "val_every must be >= 2"),
     (TRAIN + ["--resume"], 2, "no checkpoint to resume from"),
     (["train", "{corpus}", "--out", "/proc/gpt-jax-test/run"], 1, "/proc/gpt-jax-test"),
 ]
@@ -99,7 +103,7 @@ def test_resume_from_a_damaged_checkpoint(capsys, model_dir, files):
 
 def cli(*args, stdout=subprocess.PIPE, shell_tail=""):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GPT_JAX_COMPILE_CACHE": "off"}
-    command = [sys.executable, "-m", "gpt_jax.cli", *args]
+    command = [sys.executable, "-m", "gpt_jax.cli.main", *args]
     if shell_tail:
         line = " ".join(f"'{a}'" for a in command) + shell_tail
         return subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env, timeout=300)
@@ -120,7 +124,7 @@ def test_a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line(model_dir):
 
 
 def test_the_command_line_and_the_api_read_the_same_defaults():
-    parser, subparsers = _parser()
+    parser, subparsers = build_parser()
     args = subparsers["generate"].parse_args(["x"])
     for f in dataclasses.fields(GenerationSettings):
         if f.metadata["cli"]:

@@ -1,7 +1,8 @@
 import pytest
 
-from gpt_jax.config import GPT2_SMALL, LLAMA_1B, LLAMA_TINY, SHAKESPEARE, ModelConfig
 from gpt_jax.errors import ConfigError
+from gpt_jax.model.config import ModelConfig
+from gpt_jax.model.presets import GPT2_SMALL, LLAMA_1B, LLAMA_TINY, SHAKESPEARE
 
 
 def test_gpt2_small_has_the_published_parameter_count():
@@ -48,7 +49,7 @@ def test_dict_round_trip_and_bad_keys():
 
 
 def test_rope_scaling_and_attention_features_round_trip_and_are_checked():
-    from gpt_jax.rope import RopeScaling
+    from gpt_jax.model.rope import RopeScaling
 
     cfg = LLAMA_TINY.replace(
         rope_scaling=RopeScaling("llama3", 8.0, 8192, low_freq_factor=1.0, high_freq_factor=4.0),
@@ -58,7 +59,7 @@ def test_rope_scaling_and_attention_features_round_trip_and_are_checked():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     import jax
 
-    from gpt_jax.model import init_params
+    from gpt_jax.model.transformer import init_params
 
     assert sum(x.size for x in jax.tree_util.tree_leaves(init_params(cfg, jax.random.key(0)))) == cfg.num_params
     assert cfg.num_params == LLAMA_TINY.num_params + 2 * (cfg.head_dim * (4 + 2 * 2) + 2 * cfg.head_dim)
@@ -78,7 +79,7 @@ def test_rope_scaling_and_attention_features_round_trip_and_are_checked():
 def test_parameter_count_matches_the_parameters_for_every_feature():
     import jax
 
-    from gpt_jax.model import init_params
+    from gpt_jax.model.transformer import init_params
 
     gemma2_like = LLAMA_TINY.replace(post_norms=True, norm_offset=1.0, embed_scale=True, tie_embeddings=True)
     moe = LLAMA_TINY.replace(n_experts=4, experts_per_token=2)
@@ -87,7 +88,7 @@ def test_parameter_count_matches_the_parameters_for_every_feature():
 
 
 def test_gemma3_experts_and_partial_rotary_fields_round_trip_and_are_checked():
-    from gpt_jax.rope import RopeScaling
+    from gpt_jax.model.rope import RopeScaling
 
     cfg = LLAMA_TINY.replace(
         local_rope_theta=10000.0,

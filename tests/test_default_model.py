@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax.checkpoint import DEFAULT_MODEL
-from gpt_jax.model import forward
-from gpt_jax.train import Corpus, TrainConfig, token_nll, unigram_baseline
+from gpt_jax.checkpoints.checkpoint import DEFAULT_MODEL
+from gpt_jax.model.transformer import forward
+from gpt_jax.training.corpus import Corpus, unigram_baseline
+from gpt_jax.training.config import TrainConfig
+from gpt_jax.training.trainer import token_nll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +90,7 @@ def test_wheel_ships_the_model(tmp_path):
 def _console_script() -> list[str]:
     """The installed `gpt-jax` entry point when the package is installed (as CI installs it), else the module."""
     script = Path(sys.executable).parent / "gpt-jax"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gpt_jax.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gpt_jax.cli.main"]
 
 
 @pytest.mark.slow
@@ -113,6 +115,9 @@ def test_command_line_out_of_the_box(tmp_path):
         assert any(cache.iterdir()), "the first run left no compiled program in the cache"
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
     assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith("ROMEO:") and len(runs[0].stdout) > 60
+    readme = (ROOT / "README.md").read_text().split('Real output, `gpt-jax generate "ROMEO:" --seed 0`')[1]
+    shown = readme.split("```\n")[1]  # the block after that line
+    assert runs[0].stdout == shown, "the README shows other output than the command prints"
     one_liner = "import gpt_jax; print(gpt_jax.load().generate('JULIET:', seed=1).texts[0])"
     out = subprocess.run(
         [sys.executable, "-c", one_liner], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300

@@ -11,8 +11,9 @@ import jax
 import pytest
 
 import gpt_jax
-from gpt_jax import Generator, checkpoint
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax import Generator
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.model.presets import LLAMA_TINY
 
 HELPER = Path(__file__).parent / "helpers" / "two_hosts.py"
 PROMPTS = ["ROMEO:", "JULIET: O", "A", "To be, or not", "KING:"]

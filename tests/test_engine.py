@@ -10,7 +10,7 @@ import pytest
 
 import gpt_jax
 from gpt_jax import InputError
-from gpt_jax.engine import Engine, Observer
+from gpt_jax.serving.engine import Engine, Observer
 from tests.serving import run_requests
 
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from gpt_jax import GenerationSettings, Generator, InputError, TokenizerError
-from gpt_jax.config import GPT2_TINY, LLAMA_TINY, ConfigError
-from gpt_jax.compiled import cache_length
+from gpt_jax.decoding.programs import cache_length
+from gpt_jax.model.config import ConfigError
+from gpt_jax.model.presets import GPT2_TINY, LLAMA_TINY
 
 PROMPTS = [[1, 5, 9, 13, 17, 21, 25], [1, 7], [1, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46]]
 
@@ -159,7 +160,7 @@ def test_generate_text_matches_generate_ids(small_tokenizer):
 
 
 def test_score_matches_a_manual_forward(small_tokenizer):
-    from gpt_jax.model import forward
+    from gpt_jax.model.transformer import forward
 
     cfg = LLAMA_TINY.replace(vocab_size=320, pad_id=3)
     g = Generator.from_config(cfg, small_tokenizer, jax.random.key(5))

@@ -9,9 +9,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import gpt_jax
-from gpt_jax import CheckpointError, Generator, checkpoint
-from gpt_jax.config import GPT2_TINY, LLAMA_TINY
-from gpt_jax.model import forward
+from gpt_jax import CheckpointError, Generator
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.model.presets import GPT2_TINY, LLAMA_TINY
+from gpt_jax.model.transformer import forward
 
 torch.set_num_threads(2)
 V = 96
@@ -152,7 +153,7 @@ def test_greedy_generation_matches_token_for_token(pair):
 def test_dynamic_rope_follows_each_rows_length(tmp_path):
     """NTK-aware dynamic scaling: past the original context (16 here) the rotary base grows with the row's length.
     transformers computes that length over the whole batch, so each row is compared with it generating alone."""
-    from gpt_jax.rope import RopeScaling
+    from gpt_jax.model.rope import RopeScaling
 
     dynamic = {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}
     model = make_hf("llama", tmp_path / "d", max_position_embeddings=16, rope_parameters=dynamic)
@@ -282,7 +283,7 @@ def test_new_families_map_to_features(tmp_path):
 
 def test_both_rope_forms_give_one_config():
     """Checkpoints saved before transformers 5 write rope_theta + rope_scaling; 5.x writes rope_parameters."""
-    from gpt_jax.hf import config_from_hf
+    from gpt_jax.checkpoints.hf.load import config_from_hf
 
     base = dict(model_type="llama", vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     base.update(num_attention_heads=4, max_position_embeddings=128)
@@ -316,7 +317,7 @@ def test_both_rope_forms_give_one_config():
 
 
 def test_gemma_configs_map_to_features():
-    from gpt_jax.hf import config_from_hf
+    from gpt_jax.checkpoints.hf.load import config_from_hf
 
     base = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
     gemma = config_from_hf({**base, "model_type": "gemma", "head_dim": 8, "hidden_act": "gelu"})  # legacy name
@@ -340,7 +341,7 @@ def test_gemma_configs_map_to_features():
 def test_gemma3_and_mixtral_configs_in_both_forms():
     """Gemma 3 before transformers 5: rope_theta + rope_scaling for global layers, rope_local_base_freq for sliding
     ones, sliding_window_pattern; from 5.x: rope_parameters per layer type and layer_types."""
-    from gpt_jax.hf_config import config_from_hf
+    from gpt_jax.checkpoints.hf.config import config_from_hf
 
     base = dict(model_type="gemma3_text", vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=6)
     base.update(num_attention_heads=4, head_dim=8, sliding_window=4)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from gpt_jax.config import LLAMA_TINY
-from gpt_jax.tokenizer import IncrementalDecoder
-from gpt_jax.tokenizer_files import load_tokenizer
+from gpt_jax.checkpoints.tokenizer_files import load_tokenizer
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.text.detokenize import IncrementalDecoder
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax import CheckpointError, ConfigError, Generator, GptJaxError, InputError, checkpoint
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax import CheckpointError, ConfigError, Generator, GptJaxError, InputError
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.model.presets import LLAMA_TINY
 
 CFG = LLAMA_TINY.replace(vocab_size=320, pad_id=3)
 
@@ -94,9 +95,21 @@ def test_numpy_scalars_stand_for_their_values(gen):
 
 
 def test_a_decode_that_cannot_fit_in_memory_is_refused_up_front(gen, monkeypatch):
-    monkeypatch.setattr("gpt_jax.compiled.available_memory_bytes", lambda mesh=None: 1 << 10)
+    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: 1 << 10)
     with pytest.raises(InputError, match="GiB for its KV cache"):
         gen.generate_ids([[1, 2, 3]] * 8, max_new_tokens=100)
+
+
+def test_a_server_whose_slots_cannot_fit_is_refused_before_it_compiles(gen, monkeypatch):
+    from gpt_jax.decoding.memory import serving_bytes
+    from gpt_jax.serving.engine import Engine
+
+    need = serving_bytes(gen.config, 8, 128, 256, 1)
+    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need - 1)
+    with pytest.raises(InputError, match="8 slots of 128 positions need about"):
+        Engine(gen, slots_count=8, max_len=128)
+    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need)
+    Engine(gen, slots_count=8, max_len=128).close()
 
 
 @pytest.mark.parametrize(
@@ -222,3 +235,10 @@ def test_damaged_hugging_face_side_files(hf_dir, tmp_path):
 def test_every_error_is_a_value_error_subclass():
     for cls in (InputError, CheckpointError, ConfigError):
         assert issubclass(cls, GptJaxError) and issubclass(cls, ValueError)
+
+
+def test_token_id_stops_are_refused_by_the_text_calls(gen):
+    for call in (lambda: gen.generate("ROMEO:", stop_ids=[[5]]), lambda: next(gen.stream("ROMEO:", stop_ids=[[5]]))):
+        with pytest.raises(InputError, match="stop_ids is a setting of generate_ids"):
+            call()
+    assert gen.generate_ids([[1, 2]], stop_ids=[[5]], max_new_tokens=2).finish_reasons[0] in ("length", "stop", "eos")

@@ -6,18 +6,19 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_jax import loop as decode
-from gpt_jax.batching import left_pad
-from gpt_jax.config import LLAMA_TINY
-from gpt_jax.kv_cache import init_cache
-from gpt_jax.penalties import Penalties
-from gpt_jax.sampling import SamplingParams
+from gpt_jax.decoding import loop as decode
+from gpt_jax.decoding.batching import left_pad
+from gpt_jax.decoding.prepare import prepare
+from gpt_jax.decoding.rows import FINISH_NAMES, LENGTH
+from gpt_jax.decoding.settings import GenerationSettings
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.model.kv_cache import init_cache
 
 V = LLAMA_TINY.vocab_size
 PAD = 0
 
 
-def fake_logits_fn(params, tokens, positions, mask, cache):
+def fake_logits_fn(params, tokens, positions, mask, cache, mode):
     """logits = one_hot(token + 1): a model that counts."""
     return jax.nn.one_hot((tokens + 1) % V, V) * 10.0, cache.advance(tokens.shape[1])
 
@@ -33,22 +34,17 @@ def _run(inputs, *, buffer):
     return decode.generate_loop(fake_logits_fn, None, inputs, cache, buffer)
 
 
-def inputs_for(batch, max_new, eos=(), temperature=0.0):
-    rows = batch.tokens.shape[0]
-    eos = list(eos) + [-1] * (8 - len(eos))
-    return decode.DecodeInputs(
-        tokens=batch.tokens,
-        pad_len=batch.pad_len,
-        seed=np.uint32(0),
-        row_seeds=np.arange(rows, dtype=np.int32),
-        max_new_tokens=np.broadcast_to(np.asarray(max_new, np.int32), (rows,)).copy(),
-        active=batch.active,
-        eos_ids=np.array(eos, np.int32),
-        stop_seqs=np.full((8, 16), -1, np.int32),
-        sampling=SamplingParams.make(rows, temperature=temperature),
-        penalties=Penalties.make(rows, V),
-        pad_id=np.int32(PAD),
+def inputs_for(batch, max_new, eos=(), temperature=0.0, stop_ids=None):
+    """The product's own inputs (`prepare`) for the prompts of `batch`, then `batch`'s own padding."""
+    config = LLAMA_TINY.replace(eos_ids=tuple(eos), pad_id=PAD)
+    prompts = [row[pad:].tolist() for row, pad, on in zip(batch.tokens, batch.pad_len, batch.active) if on]
+    budgets = np.broadcast_to(np.asarray(max_new, np.int32), (batch.tokens.shape[0],))[: len(prompts)].tolist()
+    settings = GenerationSettings(
+        max_new_tokens=budgets, temperature=temperature, top_p=1.0, seed=0, stop_ids=stop_ids, ignore_eos=not eos
     )
+    inputs = prepare(config, prompts, settings).inputs
+    assert inputs.tokens.shape[0] == batch.tokens.shape[0]
+    return inputs.replace(tokens=batch.tokens, pad_len=batch.pad_len)
 
 
 def test_counts_exactly():
@@ -56,7 +52,7 @@ def test_counts_exactly():
     state = run(batch.tokens, inputs_for(batch, 4), buffer=16)
     assert state.tokens[0, :4].tolist() == [5, 6, 7, 8]
     assert (np.asarray(state.tokens[0, 4:]) == PAD).all()
-    assert int(state.step) == 4 and state.finish.tolist() == [decode.LENGTH]
+    assert int(state.step) == 4 and state.rows.finish.tolist() == [LENGTH]
 
 
 def test_sampled_rows_follow_a_one_hot_model_too():
@@ -91,11 +87,11 @@ def test_eos_table(prompts, eos, max_new, tokens, lengths, finish, steps):
     max_new = max_new + [1] * (batch.tokens.shape[0] - len(prompts))
     state = run(batch.tokens, inputs_for(batch, max_new, eos), buffer=16)
     rows = len(prompts)
-    assert state.lengths[:rows].tolist() == lengths
+    assert state.rows.lengths[:rows].tolist() == lengths
     for r in range(rows):
         assert state.tokens[r, : lengths[r]].tolist() == tokens[r]
         assert (np.asarray(state.tokens[r, lengths[r] :]) == PAD).all(), "pad after EOS"
-    assert [decode.FINISH_NAMES[int(f)] for f in state.finish[:rows]] == finish
+    assert [FINISH_NAMES[int(f)] for f in state.rows.finish[:rows]] == finish
     assert int(state.step) == steps
 
 
@@ -103,19 +99,16 @@ def test_cache_full_stops_the_loop():
     batch = left_pad([[1]], PAD, length=2)
     cache = init_cache(LLAMA_TINY, 1, 5)  # 2 prompt slots + room for 3 fed tokens
     state = jax.jit(lambda i, c: decode.generate_loop(fake_logits_fn, None, i, c, 16))(inputs_for(batch, 16), cache)
-    assert int(state.step) == 4 and state.finish.tolist() == [decode.LENGTH]
+    assert int(state.step) == 4 and state.rows.finish.tolist() == [LENGTH]
     assert state.tokens[0, :4].tolist() == [2, 3, 4, 5]
 
 
 def test_stop_sequences_end_rows():
     batch = left_pad([[1], [10], [20]], PAD)
-    inputs = inputs_for(batch, 12)
-    stops = np.full((8, 16), -1, np.int32)
-    stops[0, -3:] = [4, 5, 6]  # row 0 counts 2, 3, 4, 5, 6: stops after 6
-    stops[1, -1:] = [13]  # row 1: 11, 12, 13
-    stops[2, -2:] = [99, 25]  # never matches (99 never comes before 25)
-    state = run(batch.tokens, inputs.replace(stop_seqs=stops), buffer=16)
-    assert state.tokens[0, :5].tolist() == [2, 3, 4, 5, 6] and int(state.lengths[0]) == 5
-    assert state.tokens[1, :3].tolist() == [11, 12, 13] and int(state.lengths[1]) == 3
-    assert int(state.lengths[2]) == 12
-    assert [decode.FINISH_NAMES[int(f)] for f in state.finish[:3]] == ["stop", "stop", "length"]
+    # row 0 counts 2, 3, 4, 5, 6: stops after 6; row 1: 11, 12, 13; [63, 25] never matches (63 never comes first)
+    inputs = inputs_for(batch, 12, stop_ids=[[4, 5, 6], [13], [63, 25]])
+    state = run(batch.tokens, inputs, buffer=16)
+    assert state.tokens[0, :5].tolist() == [2, 3, 4, 5, 6] and int(state.rows.lengths[0]) == 5
+    assert state.tokens[1, :3].tolist() == [11, 12, 13] and int(state.rows.lengths[1]) == 3
+    assert int(state.rows.lengths[2]) == 12
+    assert [FINISH_NAMES[int(f)] for f in state.rows.finish[:3]] == ["stop", "stop", "length"]

@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax.config import LLAMA_TINY
 from gpt_jax.errors import ConfigError
-from gpt_jax.kv_cache import cached_positions_and_mask, init_cache
-from gpt_jax.model import Transformer, forward, init_params
-from gpt_jax.params import flatten
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.model.kv_cache import cached_positions_and_mask, init_cache
+from gpt_jax.model.params import flatten
+from gpt_jax.model.row_invariant import ForwardMode
+from gpt_jax.model.transformer import Transformer, forward, init_params
 
 from .conftest import TINY_CONFIGS
 
@@ -25,11 +26,13 @@ def test_prefill_plus_cached_steps_equal_full_forward(family):
     pad_len = jnp.zeros((2,), jnp.int32)
     cache = init_cache(cfg, 2, 16)
     positions, mask = cached_positions_and_mask(cache.index, pad_len, 5, cache.length)
-    logits, cache = model.apply({"params": params}, tokens[:, :5], positions, mask, cache)
+    logits, cache = model.apply({"params": params}, tokens[:, :5], positions, mask, cache, mode=ForwardMode.PREFILL)
     steps = [logits]
     for t in range(5, 12):
         positions, mask = cached_positions_and_mask(cache.index, pad_len, 1, cache.length)
-        logits, cache = model.apply({"params": params}, tokens[:, t : t + 1], positions, mask, cache)
+        logits, cache = model.apply(
+            {"params": params}, tokens[:, t : t + 1], positions, mask, cache, mode=ForwardMode.DECODE
+        )
         steps.append(logits)
     cached = jnp.concatenate(steps, axis=1)
     np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
@@ -66,8 +69,8 @@ def test_params_of_the_wrong_shape_are_refused_by_name():
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_one_table_of_weights_declares_every_axis(family):
     """Sharding and int8 quantization read the axes each weight declares where it is created."""
-    from gpt_jax.model import weight_infos
-    from gpt_jax.sharding import RULES
+    from gpt_jax.model.transformer import weight_infos
+    from gpt_jax.parallel.sharding import RULES
 
     cfg = TINY_CONFIGS[family]
     infos = weight_infos(cfg)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from gpt_jax import Generator, InputError
-from gpt_jax.config import LLAMA_TINY
-from gpt_jax.penalties import Penalties, apply, seen_in_prompt
-from gpt_jax.sampling import SamplingParams, probabilities, sample
+from gpt_jax.decoding.penalties import Penalties, apply, seen_in_prompt
+from gpt_jax.decoding.sampling import SamplingParams, probabilities, sample
+from gpt_jax.model.presets import LLAMA_TINY
 
 from .conftest import assert_matches_distribution
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt_jax import GenerationResult, GenerationSettings, Generator, GptJaxError
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax.model.presets import LLAMA_TINY
 
 KEYWORDS = [f.name for f in dataclasses.fields(GenerationSettings)] + ["max_tokens", "foo"]
 SCALARS = st.one_of(

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from gpt_jax import Generator
-from gpt_jax.config import GPT2_TINY, LLAMA_TINY
-from gpt_jax.model import forward
-from gpt_jax.quantize import Int8Kernel, contract, dequantize, quantize_kernel
+from gpt_jax.model.presets import GPT2_TINY, LLAMA_TINY
+from gpt_jax.model.quantize import Int8Kernel, contract, dequantize, quantize_kernel
+from gpt_jax.model.transformer import forward
 
 
 def test_per_channel_round_trip_error_is_bounded():
@@ -30,7 +30,15 @@ def test_int8_model_tracks_fp32(cfg, activations):
     got = np.asarray(forward(cfg, q.params, tokens))
     rel = np.abs(got - ref).max() / np.abs(ref).max()
     assert rel < 0.05, rel
-    assert q.generate_ids([[1, 2, 3]], max_new_tokens=8, temperature=0.0, ignore_eos=True).finish_reasons == ["length"]
+    # greedy output: along fp32's greedy continuation, int8 picks the same next token almost everywhere (a random
+    # model's near-ties may flip a few; once one flips, free-running continuations part for good)
+    prompts = [[1, 2, 3], [5, 9, 4]]
+    greedy = g.generate_ids(prompts, max_new_tokens=32, temperature=0.0, ignore_eos=True).token_ids
+    sequences = jax.numpy.asarray([p + t for p, t in zip(prompts, greedy)])
+    chosen = {name: np.asarray(forward(cfg, params, sequences))[:, 2:-1].argmax(-1) for name, params in
+              (("fp32", g.params), ("int8", q.params))}
+    assert (chosen["fp32"] == np.asarray(greedy)).all()  # the forward pass reproduces the decode's tokens
+    assert (chosen["int8"] == chosen["fp32"]).mean() >= 0.9, (chosen["int8"] == chosen["fp32"]).mean()
 
 
 def test_dynamic_product_matches_its_definition_for_one_token_and_many():

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import gpt_jax
-from gpt_jax.batching import bucket
-from gpt_jax.config import PRESETS
-from gpt_jax.kv_cache import cached_positions_and_mask
-from gpt_jax.row_invariant import ROW_TILE, row_sum, rows_alike, softmax, tiled
-from gpt_jax.speculative import Reference
+from gpt_jax.decoding import loop
+from gpt_jax.decoding.batching import bucket
+from gpt_jax.bench.reference import Reference
+from gpt_jax.model.presets import PRESETS
+from gpt_jax.model.row_invariant import ROW_TILE, ForwardMode, row_sum, rows_alike, softmax, tiled
 
 RNG = np.random.default_rng(0)
 
@@ -54,7 +54,7 @@ def product_shapes():
 def test_products_round_each_row_alike_for_any_row_count(width_in, width_out):
     w = normal(width_in, width_out, scale=0.02)
     x = normal(72, 1, width_in)
-    product = jax.jit(lambda x: rows_alike(lambda x: jnp.einsum("BTI,IO->BTO", x, w), x))
+    product = jax.jit(lambda x: rows_alike(lambda x: jnp.einsum("BTI,IO->BTO", x, w), x, True))
     row = np.asarray(product(x[:1]))[0]
     differs = [n for n in (2, 9, ROW_TILE + 1, 72) if not np.array_equal(product(x[:n])[0], row)]
     assert differs == []
@@ -74,23 +74,23 @@ def test_attention_products_round_each_query_alike(slots):
         assert np.array_equal(np.asarray(mixed(probs[:, :queries]))[:, 0], m1)
 
 
+feed = jax.jit(loop.feed, static_argnums=(0, 5))
+
+
 def decode_logits(gen, cache, tokens, index):
-    """Logits [B, T, V] of feeding tokens [B, T] at slot `index` of every row (prompt slots 0..index-1)."""
-    b, t = tokens.shape
-    pad = jnp.zeros((b,), jnp.int32)
-    positions, mask = cached_positions_and_mask(jnp.asarray(index, jnp.int32), pad, t, cache.length)
-    logits, _ = jax.jit(gen.programs.logits_fn)(gen.params, tokens, positions, mask, cache.replace(index=index))
+    """Logits [B, T, V] of feeding tokens [B, T] at slot `index` of every row (prompt slots 0..index-1): a decode
+    step for T = 1, a verification pass otherwise."""
+    mode = ForwardMode.DECODE if tokens.shape[1] == 1 else ForwardMode.VERIFY
+    pad = jnp.zeros((tokens.shape[0],), jnp.int32)
+    logits, _ = feed(gen.programs.logits_fn, gen.params, tokens, pad, cache.replace(index=index), mode)
     return np.asarray(logits)
 
 
 def prefilled(gen, prompt, rows, length=96):
     """A cache of `rows` copies of `prompt`'s prefill (every row holds the same keys and values)."""
-    cache = gen.programs.new_cache(1, length)
+    cache, pad = gen.programs.new_cache(1, length), jnp.zeros((1,), jnp.int32)
     tokens = jnp.asarray([prompt], jnp.int32)
-    positions, mask = cached_positions_and_mask(
-        jnp.zeros((), jnp.int32), jnp.zeros((1,), jnp.int32), len(prompt), length
-    )
-    _, cache = jax.jit(gen.programs.logits_fn)(gen.params, tokens, positions, mask, cache)
+    _, cache = feed(gen.programs.logits_fn, gen.params, tokens, pad, cache, ForwardMode.PREFILL)
     return jax.tree.map(lambda a: jnp.concatenate([a] * rows, axis=0) if a.ndim else a, cache)  # [B*K, ...] rows
 
 
@@ -103,11 +103,10 @@ def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_co
     fed = RNG.integers(3, 1000, (20, 9)).astype(np.int32)  # row 0: the token after the prompt and 8 proposals
     chain = []  # plain decoding, one token per pass at batch 1
     cache = prefilled(gen, prompt, 1)
+    pad = jnp.zeros((1,), jnp.int32)
     for j in range(9):
-        positions, mask = cached_positions_and_mask(jnp.asarray(24 + j), jnp.zeros((1,), jnp.int32), 1, cache.length)
-        logits, cache = jax.jit(gen.programs.logits_fn)(
-            gen.params, jnp.asarray(fed[:1, j : j + 1]), positions, mask, cache
-        )
+        token = jnp.asarray(fed[:1, j : j + 1])
+        logits, cache = feed(gen.programs.logits_fn, gen.params, token, pad, cache, ForwardMode.DECODE)
         chain.append(np.asarray(logits)[0, 0])
     for rows in (5, ROW_TILE + 4):  # batch-mates fed other tokens
         assert np.array_equal(

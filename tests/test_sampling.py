@@ -7,7 +7,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gpt_jax.sampling import SamplingParams, first_argmax, probabilities, row_keys, sample, sanitize, step_keys
+from gpt_jax.decoding.sampling import (
+    SamplingParams,
+    first_argmax,
+    probabilities,
+    row_keys,
+    sample,
+    sanitize,
+    step_keys,
+)
 
 from .conftest import assert_matches_distribution
 
@@ -183,7 +191,7 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p(logits, top_p, temperature):
 @settings(max_examples=40, deadline=None)
 @given(logits=st.lists(_ANY_FLOAT, min_size=16, max_size=16), top_k=st.integers(0, 20), seed=st.integers(0, 99))
 def test_greedy_is_the_argmax_of_the_processed_logits(logits, top_k, seed):
-    from gpt_jax.penalties import Penalties, apply
+    from gpt_jax.decoding.penalties import Penalties, apply
 
     x = jnp.asarray(np.array(logits, np.float32))[None]
     pen = Penalties.make(1, 16, repetition_penalty=1.3, logit_bias={3: 2.0})

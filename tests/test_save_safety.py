@@ -7,9 +7,11 @@ import jax
 import pytest
 
 import gpt_jax
-from gpt_jax import CheckpointError, Generator, InputError, checkpoint
-from gpt_jax.config import LLAMA_TINY
-from gpt_jax.train import TrainConfig, train
+from gpt_jax import CheckpointError, Generator, InputError
+from gpt_jax.checkpoints import checkpoint
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.training.config import TrainConfig
+from gpt_jax.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,30 @@ def test_training_creates_missing_parents_and_checks_the_output_first(gen, small
     with pytest.raises(CheckpointError, match="is not a checkpoint directory"):
         train([corpus_slice], tmp_path / "file", cfg, tc, tokenizer=small_tokenizer, progress=False)
     assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB file system of its own (tmpfs, mounted as root), so a save can run out of space for real."""
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=True)  # lazily: a loaded model still maps its weights
+
+
+def test_a_save_that_fills_the_disk_is_an_oserror_and_the_old_checkpoint_stays(gen, small_disk):
+    target = small_disk / "model"
+    gpt_jax.save(gen, target)  # a few hundred kB: fits
+    before = snapshot(target)
+    big = Generator.from_config(LLAMA_TINY.replace(vocab_size=320, d_model=256, mlp_dim=1024, pad_id=3), gen.tokenizer)
+    with pytest.raises(OSError) as raised:
+        gpt_jax.save(big, target)  # about 8 MB of weights
+    assert raised.value.errno == 28 and not isinstance(raised.value, gpt_jax.GptJaxError)
+    assert snapshot(target) == before
+    assert gpt_jax.load(target).config == gen.config
+    assert sorted(p.name for p in small_disk.iterdir()) == ["model"]  # the partial save is cleaned away

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from gpt_jax import IncrementalDecoder
 
 CONVERSATION = [{"role": "system", "content": "Speak as a king."}, {"role": "user", "content": "Who goes there?"}]
 
@@ -200,3 +201,25 @@ def test_echo_with_logprobs_scores_the_prompt_as_score_ids_does(server, gen):
     greedy = gen.generate(text, max_new_tokens=1, temperature=0.0)
     assert one.choices[0].text == gen.tokenizer.decode(ids) + greedy.texts[0]
     assert lp1.token_logprobs[-1] == pytest.approx(greedy.logprobs[0][0], abs=1e-4)
+
+
+def test_six_stop_strings_and_one_longer_than_the_loops_matcher(server, gen):
+    """lm-eval sends its task's stop strings plus the model's EOS string (6 for humaneval); a stop string of more
+    tokens than the in-loop matcher holds is still found on the text."""
+    prompt, settings = "ROMEO:", dict(max_new_tokens=48, temperature=0.0)
+    free = gen.generate([prompt], **settings)
+    assert len(free.token_ids[0]) == 48  # no EOS before the stop string
+    pieces = IncrementalDecoder(gen.tokenizer, gen.tokenizer.encode(prompt)).decode_all(free.token_ids[0])
+    long_stop = "".join(pieces[12:36])  # 24 tokens of the greedy text itself
+    assert len(gen.tokenizer.encode(long_stop, add_special_tokens=False)) > 16
+    stops = ["<never-1>", "<never-2>", "<never-3>", "<never-4>", "</s>", long_stop]
+    want = gen.generate([prompt], stop=stops, **settings)
+    assert want.finish_reasons == ["stop"] and want.texts[0] == free.texts[0][: free.texts[0].index(long_stop)]
+    body = {"model": "shakespeare", "prompt": prompt, "max_tokens": 48, "temperature": 0.0, "stop": stops}
+    got = httpx.post(server.url + "/v1/completions", json=body, timeout=120).json()
+    assert got["choices"][0]["text"] == want.texts[0] and got["choices"][0]["finish_reason"] == "stop"
+    sixteen = stops + [f"<never-{i}>" for i in range(10)]
+    assert httpx.post(server.url + "/v1/completions", json={**body, "stop": sixteen}, timeout=120).status_code == 200
+    refused = httpx.post(server.url + "/v1/completions", json={**body, "stop": sixteen + ["x"]}, timeout=120)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop"
+    assert "at most 16 strings, got 17" in refused.json()["error"]["message"]

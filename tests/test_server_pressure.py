@@ -128,7 +128,7 @@ def test_a_full_queue_answers_429_with_retry_after(gen):
 @pytest.mark.slow
 def test_sigterm_finishes_the_requests_in_flight_then_exits(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GPT_JAX_COMPILE_CACHE": "off"}
-    command = [sys.executable, "-m", "gpt_jax.cli", "serve", "--port", "0", "--slots", "2"]
+    command = [sys.executable, "-m", "gpt_jax.cli.main", "serve", "--port", "0", "--slots", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline()

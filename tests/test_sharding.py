@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from gpt_jax import InputError
-from gpt_jax.sharding import make_mesh, parse_mesh
+from gpt_jax.parallel.sharding import make_mesh, parse_mesh
 
 HELPER = Path(__file__).parent / "helpers" / "sharded_generation.py"
 

@@ -7,8 +7,8 @@ import pytest
 
 import gpt_jax
 from gpt_jax import DraftModel, Generator, InputError, PromptLookup
-from gpt_jax.config import GPT2_TINY, LLAMA_TINY
-from gpt_jax.speculative import Reference
+from gpt_jax.bench.reference import Reference
+from gpt_jax.model.presets import GPT2_TINY, LLAMA_TINY
 
 PROMPTS = [[1, 5, 9, 13, 5, 9, 13, 5], [1, 7], [3, 4, 5, 6, 7, 3, 4, 5, 6]]
 MIXED = dict(  # one row greedy with min_new_tokens and a bias, one seeded top-p, one with penalties; n = 2; EOS ids
@@ -118,7 +118,7 @@ def test_a_draft_model_proposes_and_the_output_stays_plain():
 
 
 def test_prompt_lookup_proposes_what_followed_the_latest_match():
-    from gpt_jax.speculative import lookup
+    from gpt_jax.decoding.speculation.prompt_lookup import lookup
 
     pad = 0
     tokens = jnp.asarray([[pad, pad, 5, 6, 7, 8, 5, 6, 9, 5, 6], [pad, 1, 2, 3, 4, 4, 4, 4, 4, 4, 4]])
@@ -154,3 +154,25 @@ def test_bad_speculation_settings_are_typed_errors(model):
     with pytest.raises(InputError, match="DraftModel needs a gpt_jax.Generator"):
         DraftModel("a/dir")
     jax.clear_caches()
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return gpt_jax.load()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_wide_verification_passes_are_bit_identical_to_plain_decoding(bundled, temperature):
+    """k = 9, 12 and 16 proposals make verification passes of 10, 13 and 17 positions; their logits must round as
+    one-token decode steps do, so token ids and log-probabilities equal plain decoding's bit for bit."""
+    prompt = "ROMEO:\nBut soft, what light through yonder window breaks? ROMEO:\nBut soft, what light"
+    settings = dict(max_new_tokens=48, temperature=temperature, seed=5, ignore_eos=True)
+    plain = bundled.generate([prompt], **settings)
+    reference = np.zeros((1, 48), np.int32)
+    reference[0] = plain.token_ids[0]
+    for proposer in (Reference(reference, 16, 1.0, seed=1), PromptLookup(num_tokens=9), PromptLookup(num_tokens=12)):
+        spec = bundled.generate([prompt], speculative=proposer, **settings)
+        assert spec.token_ids == plain.token_ids, proposer
+        assert np.array_equal(np.asarray(spec.logprobs[0]), np.asarray(plain.logprobs[0])), proposer
+        assert sum(spec.speculation["passes"]) < 48, proposer  # proposals were taken: some passes were wide

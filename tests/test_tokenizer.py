@@ -4,7 +4,9 @@ import pytest
 import sentencepiece as spm
 
 from gpt_jax.errors import InputError, TokenizerError
-from gpt_jax.tokenizer import IncrementalDecoder, Tokenizer, train_tokenizer
+from gpt_jax.text.detokenize import IncrementalDecoder
+from gpt_jax.text.sentencepiece_training import train_tokenizer
+from gpt_jax.text.tokenizer import Tokenizer
 
 from .conftest import MISTRAL_MODEL
 

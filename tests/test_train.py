@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_jax import checkpoint
-from gpt_jax.config import LLAMA_TINY
+from gpt_jax.checkpoints import checkpoint
 from gpt_jax.errors import InputError
-from gpt_jax.train import Corpus, TrainConfig, Trainer, train, unigram_baseline
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.training.corpus import Corpus, unigram_baseline
+from gpt_jax.training.config import TrainConfig
+from gpt_jax.training.trainer import Trainer, train
 
 TC = TrainConfig(
     steps=12,

@@ -12,9 +12,9 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from gpt_jax import GenerationSettings, Generator, InputError, PromptLookup
-from gpt_jax.config import LLAMA_TINY
-from gpt_jax.model import init_params
-from gpt_jax.sharding import make_mesh
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.model.transformer import init_params
+from gpt_jax.parallel.sharding import make_mesh
 
 assert len(jax.devices()) == 8, jax.devices()
 cfg = LLAMA_TINY.replace(d_model=64, n_heads=16, n_kv_heads=8, mlp_dim=128, vocab_size=64)

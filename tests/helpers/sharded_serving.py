@@ -7,10 +7,10 @@ import sys
 import jax
 
 from gpt_jax import Generator
-from gpt_jax.config import LLAMA_TINY
-from gpt_jax.engine import Engine
-from gpt_jax.model import init_params
-from gpt_jax.sharding import make_mesh
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.model.transformer import init_params
+from gpt_jax.parallel.sharding import make_mesh
+from gpt_jax.serving.engine import Engine
 from tests.serving import run_requests
 
 assert len(jax.devices()) == 8, jax.devices()

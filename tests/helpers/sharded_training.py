@@ -6,10 +6,12 @@ import sys
 import jax
 import numpy as np
 
-from gpt_jax.config import LLAMA_TINY
-from gpt_jax.sharding import make_mesh
-from gpt_jax.tokenizer import Tokenizer
-from gpt_jax.train import Corpus, TrainConfig, Trainer
+from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.parallel.sharding import make_mesh
+from gpt_jax.text.tokenizer import Tokenizer
+from gpt_jax.training.corpus import Corpus
+from gpt_jax.training.config import TrainConfig
+from gpt_jax.training.trainer import Trainer
 
 tok = Tokenizer(sys.argv[1])
 text = open(sys.argv[2], encoding="utf-8").read()

@@ -1,0 +1,1 @@
+"""Hugging Face directories: config mapping per family, weight names, import and export."""

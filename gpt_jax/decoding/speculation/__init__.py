@@ -1,0 +1,1 @@
+"""Speculative decoding that never changes the output: verification (`verify.py`) and one file per proposer."""

@@ -1,0 +1,5 @@
+"""Continuous batching and the OpenAI-compatible server: slots (device), engine (host loop), requests, the API's
+bodies, the Starlette app, Prometheus metrics, uvicorn.
+
+Imports: `decoding` and everything below it; `checkpoints` for loading.
+"""

@@ -1,0 +1,331 @@
+"""Continuous batching on the host: requests come and go between decode dispatches while the slots keep decoding.
+
+One thread owns the device. Each turn it (1) prefills queued prompts, at most `chunk` prompt tokens while slots are
+decoding (a long prompt is split over several turns, so the running rows wait one chunk at most), and moves each
+finished prefill into free slots; (2) dispatches `steps_per_dispatch` decode steps for all slots; (3) while those
+run, reads the previous dispatch's tokens and hands them to their requests. A slot whose sequence ends is free
+from the next turn on; a cancelled one is released at the next dispatch.
+
+A request is one prompt with n samples, validated by `prepare.prepare` exactly as `generate` validates it; sample
+r uses row seed `row_seeds[r]`, so a seeded request gives the tokens `generate` gives it, whatever else is running.
+Events reach the request's `on_event` callback on the engine thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from gpt_jax.decoding.batching import bucket
+from gpt_jax.decoding.rows import FINISH_NAMES, RUNNING
+from gpt_jax.decoding.memory import check_serving_memory
+from gpt_jax.decoding.prepare import Prepared, eos_table, prepare
+from gpt_jax.decoding.settings import GenerationSettings
+from gpt_jax.errors import InputError, check
+from gpt_jax.serving import slots
+from gpt_jax.serving.requests import (
+    EngineClosed,
+    Event,
+    Observer,
+    Prefill,
+    QueueFull,
+    Request,
+    prompt_event,
+    slot_updates,
+)
+
+ALTERNATIVES = 20  # a dispatch records 0 or this many alternatives per token (two compiled decode programs)
+
+
+class Engine:
+    """The slots of one `Generator` and the thread that schedules them. Use `submit`, `cancel`, `close`."""
+
+    def __init__(
+        self,
+        gen,
+        slots_count: int = 8,
+        max_queue: int = 64,
+        chunk: int = 256,
+        steps_per_dispatch: int = 4,
+        max_len: int | None = None,
+        observer: Observer | None = None,
+    ):
+        self.data_rows = gen.mesh.shape["data"] if gen.mesh is not None else 1
+        self.max_len = check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows)
+        self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
+        self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
+        self.programs = slot_programs(gen, slots_count, self.max_len)
+        self._state = self.programs.empty()
+        self._owners: list[tuple[Request, int] | None] = [None] * slots_count
+        self._queue: collections.deque[Request] = collections.deque()
+        self._prefilling: Prefill | None = None
+        self._releases: set[int] = set()
+        self._lock = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="gpt-jax-engine", daemon=True)
+        self._thread.start()
+
+    # ---- the caller's side (any thread) ------------------------------------------------------------------------
+    def prepare(self, prompt: Sequence[int], settings: GenerationSettings) -> Prepared:
+        """Check one prompt and its settings as `generate` does, and against this engine's slots and context."""
+        check(settings.speculative is None, InputError, "speculative decoding is not available in the server")
+        check(not settings.ignore_eos, InputError, "ignore_eos is not available in the server")
+        prep = prepare(self.gen.config, [prompt], settings, self.data_rows)
+        check(
+            prep.rows <= self.slots, InputError, f"n must be at most the server's {self.slots} slots, got {prep.rows}"
+        )
+        budget = int(prep.inputs.rules.max_new_tokens[0])
+        prompt_len = int(prep.inputs.tokens.shape[1] - prep.inputs.pad_len[0])
+        check(
+            prompt_len + budget <= self.max_len,
+            InputError,
+            f"the prompt has {prompt_len} tokens; with max_tokens={budget} that is {prompt_len + budget}, more "
+            f"than the server's context of {self.max_len} tokens",
+        )
+        return prep
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; QueueFull when `max_queue` requests already wait, EngineClosed after `close`."""
+        with self._lock:
+            if self._closing:
+                raise EngineClosed("the server is shutting down and takes no new requests")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{len(self._queue)} requests are waiting, the most this server queues")
+            self._queue.append(request)
+            self._lock.notify()
+
+    def cancel(self, request: Request, row: int | None = None) -> None:
+        """Stop one row of a request (or all): its slot is released at the next dispatch, nothing more is sent."""
+        with self._lock:
+            rows = range(request.rows) if row is None else [row]
+            request.cancelled_rows.update(rows)
+            request.open_rows.difference_update(rows)
+            if request.finished and request in self._queue:
+                self._queue.remove(request)
+            for b, owner in enumerate(self._owners):
+                if owner is not None and owner[0] is request and owner[1] in request.cancelled_rows:
+                    self._owners[b] = None
+                    self._releases.add(b)
+            self._lock.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no new requests, finish the ones already taken, then stop the thread."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return sum(owner is not None for owner in self._owners)
+
+    @property
+    def state(self) -> slots.SlotState:
+        """The slots' device state as of the last dispatch (for inspection)."""
+        return self._state
+
+    @property
+    def compiled_decode_programs(self) -> int:
+        """How many decode programs were compiled (one per alternatives setting used)."""
+        return self.programs.decode_traces
+
+    # ---- the engine thread -------------------------------------------------------------------------------------
+    def _idle(self) -> bool:
+        return not self._queue and self._prefilling is None and self.busy == 0 and not self._releases
+
+    def _run(self) -> None:
+        pending = None
+        while True:
+            with self._lock:
+                while pending is None and self._idle() and not self._closing:
+                    self._lock.wait()
+                if pending is None and self._idle() and self._closing:
+                    return
+            self._admit()
+            dispatched = self._dispatch()
+            if pending is not None:
+                self._deliver(*pending)
+            pending = dispatched
+
+    def _admit(self) -> None:
+        """Prefill chunks of the queue's head (a budget of `chunk` tokens while slots decode) and insert finished
+        prefills into free slots."""
+        budget = self.chunk
+        while True:
+            with self._lock:
+                if self._prefilling is None and self._queue:
+                    self._prefilling = Prefill(self._queue.popleft())
+                job = self._prefilling
+            if job is None or job.request.finished:
+                self._prefilling = None
+                if job is None:
+                    return
+                continue
+            if job.logits is None:
+                if budget <= 0 and self.busy:
+                    return
+                budget -= self._guarded(job.request, self._prefill_next, job)
+                continue
+            free = [b for b, owner in enumerate(self._owners) if owner is None and b not in self._releases]
+            if len(free) < job.request.rows:
+                return
+            self._guarded(job.request, self._insert_rows, job, free)
+            self._prefilling = None
+
+    def _guarded(self, request: Request, fn, *args) -> int:
+        """Run one request's step; a failure ends that request only (an "error" event)."""
+        try:
+            return fn(*args) or 0
+        except Exception as error:  # noqa: BLE001 - reported to the request, the engine goes on
+            self._prefilling = None
+            self.cancel(request)
+            request.on_event(Event("error", error=error))
+            return 0
+
+    def _prefill_next(self, job: Prefill) -> int:
+        """One chunk of the job's prompt; returns the tokens it took. The last one leaves the first token's logits
+        (and the prompt's log-probabilities, when asked for, go to the request)."""
+        request, rows = job.request, self.data_rows
+        inputs = request.prep.inputs
+        t, pad = inputs.tokens.shape[1], int(inputs.pad_len[0])
+        width = min(t, self.chunk)
+        if job.cache is None:
+            job.next = pad // width * width  # chunks of padding only are skipped
+            job.cache = self.programs.new_cache(rows, t).replace(index=np.int32(job.next))
+        start = job.next
+        tokens = inputs.tokens[:rows, start : start + width]
+        following = np.pad(inputs.tokens[:rows, start + 1 : start + width + 1], ((0, 0), (0, 1)))[:, :width]
+        logits, job.cache, scores = self.programs.prefill(
+            self.gen.params, tokens, inputs.pad_len[:rows], job.cache, following, prompt_top=request.prompt_top
+        )
+        if scores is not None:  # the columns whose following token is a real prompt token
+            columns = slice(max(start, pad) - start, min(start + width, t - 1) - start)
+            job.scores.append(jax.tree.map(lambda x: np.asarray(x[0, columns]), scores))
+        job.next = start + width
+        self.observer.on_prefill(width)
+        if job.next >= t:
+            job.logits = logits[0]
+            if request.prompt_top >= 0:
+                request.on_event(prompt_event(job.scores, request.prompt_top))
+        return width
+
+    def _insert_rows(self, job: Prefill, free: list[int]) -> None:
+        request = job.request
+        inputs = request.prep.inputs
+        joined_running = self.busy > 0
+        for row in range(request.rows):
+            b = free[row]
+            self._state = self.programs.insert(
+                self._state,
+                np.int32(b),
+                inputs.tokens[0],
+                inputs.pad_len[0],
+                job.cache,
+                job.logits,
+                slots.RowSettings.of(inputs, row),
+            )
+            with self._lock:
+                if row not in request.cancelled_rows:
+                    self._owners[b] = (request, row)
+                else:
+                    self._releases.add(b)
+            self.observer.on_insert(joined_running)
+
+    def _dispatch(self):
+        """Dispatch one decode of every slot (asynchronously); returns what `_deliver` needs, or None."""
+        with self._lock:
+            release = np.zeros(self.slots, bool)
+            release[list(self._releases)] = True
+            for _ in self._releases:
+                self.observer.on_release()
+            self._releases.clear()
+            owners = list(self._owners)
+            queued = len(self._queue) + (self._prefilling is not None)
+        busy = sum(owner is not None for owner in owners)
+        if busy == 0 and not release.any():
+            return None
+        k = ALTERNATIVES if any(o is not None and o[0].prep.top_logprobs for o in owners) else 0
+        self.observer.on_dispatch(busy, queued)
+        try:
+            self._state, out = self.programs.decode(
+                self.gen.params, self._state, release, steps=self.steps_per_dispatch, top_logprobs=k
+            )
+        except Exception as error:  # noqa: BLE001 - every running request hears of it; the engine starts afresh
+            self._fail_all(owners, error)
+            return None
+        return out, owners
+
+    def _fail_all(self, owners, error: Exception) -> None:
+        for request in {o[0] for o in owners if o is not None}:
+            self.cancel(request)
+            request.on_event(Event("error", error=error))
+        self._state = self.programs.free_all(self._state)
+
+    def _deliver(self, out, owners) -> None:
+        """Hand a finished dispatch's tokens to their requests: one "tokens" event per row, then "finish"."""
+        now = time.perf_counter()
+        for b, request, row, event, finish in slot_updates(jax.device_get(out), owners):
+            if request.first_token is None:
+                request.first_token = now
+                self.observer.on_first_token(now - request.arrival)
+            request.generated[row] += len(event.tokens)
+            request.on_event(event)
+            if finish != RUNNING:
+                with self._lock:
+                    self._owners[b] = None
+                    request.open_rows.discard(row)
+                self.observer.on_row_finished(request.generated[row], now - request.first_token)
+                request.on_event(Event("finish", row, finish=FINISH_NAMES[finish]))
+
+
+def slot_programs(gen, slots_count: int, max_len: int) -> slots.SlotPrograms:
+    """The compiled slot programs of `gen`'s model (its forward pass, its mesh's cache placement)."""
+    config, programs = gen.config, gen.programs
+    return slots.SlotPrograms(
+        programs.logits_fn,
+        programs.new_cache,
+        slots_count,
+        max_len,
+        config.vocab_size,
+        eos_table(config),
+        config.pad_id,
+    )
+
+
+def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int) -> int:
+    """Refuse bad engine options (InputError naming each); returns max_len with its default filled in."""
+    check(
+        isinstance(slots_count, int) and 1 <= slots_count <= 1024,
+        InputError,
+        f"slots must be an integer in [1, 1024], got {slots_count!r}",
+    )
+    check(
+        slots_count % data_rows == 0,
+        InputError,
+        f"slots ({slots_count}) must be a multiple of the mesh's data axis ({data_rows})",
+    )
+    check(isinstance(max_queue, int) and max_queue >= 0, InputError, f"max_queue must be >= 0, got {max_queue!r}")
+    check(chunk >= 16 and bucket(chunk) == chunk, InputError, f"chunk must be a power of two >= 16, got {chunk!r}")
+    check(
+        isinstance(steps_per_dispatch, int) and steps_per_dispatch >= 1,
+        InputError,
+        f"steps_per_dispatch must be an integer >= 1, got {steps_per_dispatch!r}",
+    )
+    context = gen.config.max_seq_len
+    length = min(context, 4096) if max_len is None else max_len
+    check(
+        isinstance(length, int) and 2 <= length <= context,
+        InputError,
+        f"max_len must be an integer in [2, {context}], got {max_len!r}",
+    )
+    check_serving_memory(gen.config, slots_count, length, chunk, data_rows, gen.mesh)
+    return length
