@@ -57,6 +57,7 @@ CASES = [  # (argv, exit status, part of the one line on stderr)
     (["generate", "x", "--seed", str(2**64)], 2, "seed must be an integer in [0, 2**32)"),
     (["generate", "caf\udce9"], 2, "not valid Unicode text"),
     (["generate", "x", "--stop", "\udcff"], 2, "not valid Unicode text"),
+    (["generate", "x", *[f"--stop=s{i}" for i in range(17)]], 2, "stop takes at most 16 strings, got 17"),
     (["generate", "x", "--min-new-tokens", "9", "--max-new-tokens", "4"], 2, "min_new_tokens=9 is more than"),
     (["generate", "x", "--distributed"], 2, "--distributed needs a cluster"),
     (["score", "{tmp}/a_dir"], 2, "is a directory, not a file"),
