@@ -2,6 +2,7 @@
 commands that read them: generate, serve and each benchmark, once on a tiny setting, from another directory."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -93,8 +94,10 @@ def test_serve_answers_from_the_installed_package(installed, tmp_path):
 
 
 def test_the_decode_benchmark_runs_against_transformers_on_a_tiny_shape(installed, tmp_path):
-    args = ["bench", "--shapes", "llama-tiny", "--batches", "1", "--prompt-lens", "8", "--new-tokens", "4"]
+    args = ["bench", "--shapes", "llama-tiny", "--batches", "1", "--prompt-lens", "8", "--new-tokens", "16"]
     out = run(installed, [*args, "--repeats", "1", "--modes", "greedy", "--out", "decode.json"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (row,) = json.loads((tmp_path / "decode.json").read_text())["rows"]
-    assert row["shape"] == "llama-tiny" and row["gpt_jax"]["decode_tokens_per_s"] > 0 and row["decode_ratio"] > 0
+    assert (row["shape"], row["batch"], row["prompt_len"]) == ("llama-tiny", 1, 8)
+    for engine in ("gpt_jax", "transformers"):  # a tiny model's timings are noise: only that both engines ran
+        assert row[engine]["first_call_s"] > 0 and math.isfinite(row[engine]["decode_tokens_per_s"])

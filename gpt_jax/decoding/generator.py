@@ -34,7 +34,15 @@ MAX_SCORE_BATCH = 1024
 
 @dataclasses.dataclass(frozen=True)
 class GenerationResult:
-    """One entry per row (prompt x n). token_ids are the generated ids (EOS included when it ended the row)."""
+    """One entry per row (prompt x n). token_ids are the generated ids (EOS included when it ended the row).
+
+    A row's tokens and log-probabilities do not depend on its batch-mates, the batch size or speculation: the same
+    seed gives the same row, bit for bit, wherever its decode steps are row-invariant (model/row_invariant.py). Not
+    covered, so a batch-mate may move a value by rounding (about 1e-6) and, rarely, a sampled draw at a boundary:
+    the experts layer (its path depends on the number of (token, expert) pairs), dynamic int8 activations, the
+    sampler's reductions over the vocabulary (XLA's own), and a prefill beside longer prompts (another length
+    bucket). README, "Use", states the same.
+    """
 
     token_ids: list[list[int]]
     finish_reasons: list[str]
@@ -45,6 +53,16 @@ class GenerationResult:
     top_logprobs: list[list[list[tuple[int, float]]]] | None = None  # per row, per token: (id, logprob) x k
     # with `speculative`: per row, proposed tokens emitted ("accepted"), tokens proposed, model forward passes
     speculation: dict[str, list[int]] | None = None
+
+
+def text_settings(settings: dict, defaults: dict) -> GenerationSettings:
+    """The settings of a text call: token-id stops belong to `generate_ids`; text calls take `stop` strings."""
+    check(
+        settings.get("stop_ids") is None,
+        InputError,
+        "stop_ids is a setting of generate_ids (token-id sequences); give stop strings with stop=[...] here",
+    )
+    return GenerationSettings.of(settings, defaults).with_seed()
 
 
 def result_of(out: dict, prep: Prepared) -> GenerationResult:
@@ -177,17 +195,8 @@ class Generator:
             InputError,
             "prompts must be a string or a non-empty list of strings",
         )
-        s = self._text_settings(settings)
+        s = text_settings(settings, self.defaults)
         return self._generate_text([self._encode_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)], s)
-
-    def _text_settings(self, settings: dict) -> GenerationSettings:
-        """The settings of a text call: token-id stops belong to `generate_ids`; text calls take `stop` strings."""
-        check(
-            "stop_ids" not in settings,
-            InputError,
-            "stop_ids is a setting of generate_ids (token-id sequences); give stop strings with stop=[...] here",
-        )
-        return GenerationSettings.of(settings, self.defaults).with_seed()
 
     def chat(self, conversations, **settings) -> GenerationResult:
         """One conversation ([{"role": "user", "content": ...}, ...]) or a list of them -> the assistant's replies
@@ -203,7 +212,7 @@ class Generator:
             InputError,
             "conversations must be a list of messages, or a non-empty list of such lists",
         )
-        s = self._text_settings(settings)
+        s = text_settings(settings, self.defaults)
         ids = [tok.apply_chat_template(c) for c in conversations]
         return self._generate_text(ids, s)
 
@@ -231,7 +240,7 @@ class Generator:
         start of a stop string is held back until it is known not to be one. Settings are checked here.
         """
         tok = self._require_tokenizer()
-        s = self._text_settings(settings)
+        s = text_settings(settings, self.defaults)
         ids = self._encode_prompt(prompt, "prompt")
         stops = stop_strings(s.stop)
         prep = self._prepare_stream([ids], self._with_stop_ids(s, stops))
