@@ -32,10 +32,17 @@ def installed(tmp_path_factory):
     return target
 
 
-def run(installed, args, cwd, timeout=600, **kw):
-    env = {**os.environ, "PYTHONPATH": str(installed), "GPT_JAX_COMPILE_CACHE": "off"}
-    command = [sys.executable, "-c", "import sys; from gpt_jax.cli.main import main; sys.exit(main(sys.argv[1:]))"]
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+# `gpt-jax` from the installed files
+GPT_JAX = [sys.executable, "-c", "import sys; from gpt_jax.cli.main import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def env_for(installed) -> dict:
+    return {**os.environ, "PYTHONPATH": str(installed), "GPT_JAX_COMPILE_CACHE": "off"}
+
+
+def run(installed, args, cwd, timeout=600):
+    return subprocess.run([*GPT_JAX, *args], cwd=cwd, env=env_for(installed), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_the_wheel_holds_every_subpackage_and_asset(installed, tmp_path):
@@ -73,11 +80,13 @@ def test_the_speculative_benchmarks_draft_part_trains_on_the_shipped_corpus(inst
 
 
 def test_serve_answers_from_the_installed_package(installed, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(installed), "GPT_JAX_COMPILE_CACHE": "off"}
-    command = [sys.executable, "-c", "import sys; from gpt_jax.cli.main import main; sys.exit(main(sys.argv[1:]))"]
     process = subprocess.Popen(
-        [*command, "serve", "--port", "0", "--slots", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [*GPT_JAX, "serve", "--port", "0", "--slots", "2"],
+        cwd=tmp_path,
+        env=env_for(installed),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = process.stdout.readline()
