@@ -25,7 +25,8 @@ def saved(model, tmp_path):
 
 
 def test_round_trip_is_bit_identical(model, saved):
-    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+    names = ["config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"]
+    assert sorted(p.name for p in saved.iterdir()) == names
     loaded = gpt_jax.load(saved)
     assert loaded.config == model.config
     flat_a, flat_b = flatten(model.params), flatten(loaded.params)

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from gpt_jax import IncrementalDecoder
+from tests.conftest import CHAT_TEMPLATE
 
+CORPUS_TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. "
 CONVERSATION = [{"role": "system", "content": "Speak as a king."}, {"role": "user", "content": "Who goes there?"}]
 
 
@@ -201,6 +203,86 @@ def test_echo_with_logprobs_scores_the_prompt_as_score_ids_does(server, gen):
     greedy = gen.generate(text, max_new_tokens=1, temperature=0.0)
     assert one.choices[0].text == gen.tokenizer.decode(ids) + greedy.texts[0]
     assert lp1.token_logprobs[-1] == pytest.approx(greedy.logprobs[0][0], abs=1e-4)
+
+
+def test_a_prompt_of_the_full_context_is_scored_and_one_more_token_is_refused_in_the_clients_terms(server, gen):
+    """echo with max_tokens 0 generates nothing, so a prompt may fill the server's context (as `score_ids` takes
+    it); the refusals name what the client sent."""
+    context = server.app.state.engine.max_len
+    ids = gen.tokenizer.encode(CORPUS_TEXT * 40)[:context]
+    assert len(ids) == context
+    body = {"model": "shakespeare", "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 0}
+    reply = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    lp = reply.json()["choices"][0]["logprobs"]
+    want = gen.score_ids([ids]).token_logprobs[0]
+    assert len(lp["token_logprobs"]) == context and lp["token_logprobs"][0] is None
+    np.testing.assert_allclose(lp["token_logprobs"][1:], want, atol=1e-4)
+    assert reply.json()["usage"] == {"prompt_tokens": context, "completion_tokens": 0, "total_tokens": context}
+    longer = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids + ids[:1]}, timeout=60)
+    message = longer.json()["error"]["message"]
+    assert longer.status_code == 400 and f"{context + 1} tokens" in message and f"context of {context}" in message
+    assert "max_tokens" not in message
+    one = httpx.post(server.url + "/v1/completions", json={**body, "max_tokens": 1}, timeout=60)
+    message = one.json()["error"]["message"]
+    assert one.status_code == 400 and f"max_tokens=1 that is {context + 1}" in message
+    low = httpx.post(server.url + "/v1/completions", json={**body, "min_tokens": 3}, timeout=60)
+    assert low.status_code == 400 and "min_tokens=3 is more than max_tokens=0" in low.json()["error"]["message"]
+
+
+def test_lm_evals_loglikelihood_request_shape(server, gen):
+    """What lm-eval's local-completions sends for a loglikelihood request (tokenized): a batch of id lists with
+    max_tokens 1, echo, logprobs 1, temperature 0 and seed 1234; it sums token_logprobs[context:-1] (the last entry
+    is the generated token's) and calls the continuation greedy when each equals the best of its top_logprobs."""
+    texts = ["ROMEO: But soft, what light", "JULIET: O Romeo, Romeo"]
+    batch = [gen.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    body = {"model": "shakespeare", "prompt": batch, "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234}
+    reply = httpx.post(server.url + "/v1/completions", json={**body, "echo": True}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    choices = sorted(reply.json()["choices"], key=lambda c: c["index"])
+    scores = gen.score_ids(batch)
+    for ids, choice, want in zip(batch, choices, scores.token_logprobs):
+        lp = choice["logprobs"]
+        assert len(lp["token_logprobs"]) == len(ids) + 1 and len(lp["top_logprobs"]) == len(ids) + 1
+        np.testing.assert_allclose(lp["token_logprobs"][1:-1], want, atol=1e-4)
+        assert all(len(top) == 1 for top in lp["top_logprobs"][1:])
+        greedy = gen.generate_ids([ids], max_new_tokens=1, temperature=0.0)
+        assert choice["text"].endswith(gen.tokenizer.decode(greedy.token_ids[0]))
+
+
+def test_vllms_tokenize_and_detokenize_endpoints(server, gen):
+    tok = gen.tokenizer
+    text = "ROMEO: But soft, what light through yonder window breaks?"
+    reply = httpx.post(server.url + "/tokenize", json={"model": "shakespeare", "prompt": text})
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["tokens"] == tok.encode(text) and out["count"] == len(out["tokens"]) and out["token_strs"] is None
+    assert out["max_model_len"] == server.app.state.engine.max_len
+    body = {"prompt": text, "add_special_tokens": False, "return_token_strs": True}
+    bare = httpx.post(server.url + "/tokenize", json=body)
+    assert bare.json()["tokens"] == tok.encode(text, add_special_tokens=False)
+    assert bare.json()["token_strs"] == [tok.id_to_piece(i) for i in bare.json()["tokens"]]
+    chat = httpx.post(server.url + "/tokenize", json={"messages": CONVERSATION}).json()
+    assert chat["tokens"] == tok.apply_chat_template(CONVERSATION)
+    back = httpx.post(server.url + "/detokenize", json={"tokens": out["tokens"]}).json()["prompt"]
+    assert back == "<s>" + text  # special tokens as their strings, as vLLM writes them
+    again = httpx.post(server.url + "/tokenize", json={"prompt": back, "add_special_tokens": False}).json()
+    assert again["tokens"] == out["tokens"]
+    info = httpx.get(server.url + "/tokenizer_info").json()
+    assert info["bos_token"] == "<s>" and info["eos_token"] == "</s>" and info["chat_template"] == CHAT_TEMPLATE
+    for path, body, param in [
+        ("/tokenize", {"prompt": 5}, "prompt"),
+        ("/tokenize", {}, "prompt"),
+        ("/tokenize", {"prompt": "a", "messages": CONVERSATION}, "prompt"),
+        ("/tokenize", {"prompt": "a", "add_special_tokens": "yes"}, "add_special_tokens"),
+        ("/tokenize", {"prompt": "a", "colour": 1}, "colour"),
+        ("/tokenize", {"messages": "hi"}, "messages"),
+        ("/detokenize", {"tokens": [1, tok.vocab_size]}, "tokens"),
+        ("/detokenize", {"tokens": "1 2"}, "tokens"),
+        ("/detokenize", {"tokens": [1], "model": "other"}, "model"),
+    ]:
+        refused = httpx.post(server.url + path, json=body)
+        assert refused.status_code in (400, 404) and refused.json()["error"]["param"] == param, (path, body)
 
 
 def test_six_stop_strings_and_one_longer_than_the_loops_matcher(server, gen):

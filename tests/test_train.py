@@ -8,7 +8,7 @@ import pytest
 
 from gpt_jax.checkpoints import checkpoint
 from gpt_jax.errors import InputError
-from gpt_jax.model.presets import LLAMA_TINY
+from gpt_jax.model.presets import LLAMA_TINY, PRESETS
 from gpt_jax.training.corpus import Corpus, unigram_baseline
 from gpt_jax.training.config import TrainConfig
 from gpt_jax.training.trainer import Trainer, train
@@ -97,3 +97,46 @@ def test_train_entry_point_writes_a_loadable_checkpoint(corpus_slice, tmp_path):
 def test_bad_training_config():
     with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
         TrainConfig(batch_size=0).validate()
+
+
+SMALL_PRESETS = ["gpt2-tiny", "llama-tiny", "shakespeare"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", SMALL_PRESETS)
+def test_a_preset_trains_a_step_with_every_default(preset, capsys, tmp_path):
+    """`gpt-jax train FILE --out DIR --preset P`: nothing else given but the step count, on the full corpus."""
+    import json
+
+    from tests.conftest import CORPUS, run_cli
+
+    argv = ["train", str(CORPUS), "--out", str(tmp_path / "run"), "--preset", preset, "--steps", "1"]
+    code, out, err = run_cli(capsys, argv)
+    assert code == 0, err
+    report = json.loads(out[out.index("{"):])
+    config = PRESETS[preset]
+    assert report["step"] == 1 and np.isfinite(report["val_nats_per_token"])
+    assert report["vocab_size"] == (512 if config.vocab_size < 260 else config.vocab_size)
+    saved = checkpoint.load(tmp_path / "run")
+    assert saved.config.max_seq_len == config.max_seq_len and saved.config.vocab_size == report["vocab_size"]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_presets_defaults_fit_its_model(preset):
+    """The defaults that depend on the model (window length, warm-up) fill in to values the run accepts; the large
+    presets' one-step runs are measured outside the suite (README, Training)."""
+    config = PRESETS[preset]
+    tc = TrainConfig().for_model(config.max_seq_len)
+    tc.validate()
+    assert tc.seq_len == min(256, config.max_seq_len) and tc.warmup_steps == 100
+    assert TrainConfig(steps=1).for_model(config.max_seq_len).warmup_steps == 0
+    assert TrainConfig(steps=30).for_model(config.max_seq_len).warmup_steps == 3
+
+
+def test_a_vocabulary_too_small_for_the_texts_characters_names_the_size_it_needs(tmp_path):
+    from gpt_jax.text.sentencepiece_training import train_tokenizer
+
+    text = tmp_path / "many_characters.txt"
+    text.write_text("".join(chr(c) * 3 + " " for c in range(0x4E00, 0x4E00 + 400)) * 3, encoding="utf-8")
+    with pytest.raises(InputError, match=r"vocab_size=300 is too small for this text: its characters alone need \d+"):
+        train_tokenizer([text], 300)

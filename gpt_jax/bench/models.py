@@ -25,6 +25,7 @@ import numpy as np
 
 from gpt_jax.model.presets import PRESETS
 from gpt_jax.util.argparsing import OneLineParser, positive_int
+from gpt_jax.util.output_files import check_output_file, write_text_atomically
 
 SHAPES = ("gpt2-small", "llama-small", "llama-1b", "gpt2-tiny", "llama-tiny")  # presets; random weights, one per run
 
@@ -247,7 +248,7 @@ HEADER = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> OneLineParser:
     ap = OneLineParser(prog="gpt-jax bench", description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["gpt2-small", "llama-small"], choices=SHAPES)
     ap.add_argument("--prompt-lens", nargs="+", type=positive_int, default=[32, 512])
@@ -261,13 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         "--int8", action="store_true", help="also run gpt_jax with int8 weight-only and int8 dynamic quantization"
     )
     ap.add_argument("--out", default="benchmarks/results/decode.json")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    check_output_file(args.out, "--out")
     result = bench(args)
     print(HEADER)
     for r in result["rows"]:
         print(_format_row(r))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomically(args.out, json.dumps(result, indent=1) + "\n")
     return 0
 
 

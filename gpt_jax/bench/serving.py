@@ -12,7 +12,9 @@ and time per output token (p50, p99). Writes JSON and a PNG plot.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 from gpt_jax.bench.corpus import add_corpus_flag, corpus_file
 from gpt_jax.errors import InputError
 from gpt_jax.util.argparsing import OneLineParser, positive_int
+from gpt_jax.util.output_files import check_output_file, write_bytes_atomically, write_text_atomically
 
 
 def make_requests(
@@ -164,10 +167,12 @@ def plot(results: list[dict], path: Path) -> None:
         ax.legend()
     fig.suptitle("gpt-jax serve: continuous vs static batching (labels: arrival rate)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format=path.suffix.lstrip(".") or "png")
+    write_bytes_atomically(path, image.getvalue())
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> OneLineParser:
     p = OneLineParser(prog="gpt-jax bench-serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     p.add_argument("--rates", default="4,8,16,32", help="arrival rates, requests per second, comma-separated")
@@ -179,22 +184,37 @@ def main(argv: list[str] | None = None) -> int:
     add_corpus_flag(p)
     p.add_argument("--json", default="benchmarks/results/serve.json", help="where to write the results")
     p.add_argument("--plot", default="docs/serve.png", help="where to write the plot ('' for none)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         rates = [float(x) for x in args.rates.split(",")]
         low, high = (int(x) for x in args.prompt_tokens.split(","))
     except ValueError:
         raise InputError("--rates takes numbers like 4,8,16 and --prompt-tokens two integers like 8,64") from None
-    if not (rates and all(r > 0 for r in rates) and 1 <= low <= high and args.mean_output >= 1):
-        raise InputError("--rates must be positive, --prompt-tokens 1 <= low <= high, --mean-output >= 1")
+    finite = all(math.isfinite(x) for x in [*rates, args.mean_output])
+    if not (rates and finite and all(r > 0 for r in rates) and 1 <= low <= high and args.mean_output >= 1):
+        raise InputError("--rates must be positive, --prompt-tokens 1 <= low <= high, --mean-output >= 1 (finite)")
+    if not 0 <= args.seed < 2**31:
+        raise InputError(f"--seed must be an integer in [0, 2**31), got {args.seed}")
+    check_output_file(args.json, "--json")
+    if args.plot:
+        check_output_file(args.plot, "--plot")
+    corpus = corpus_file(args.corpus)
+    return run(args, rates, (low, high), corpus)
+
+
+def run(args, rates: list[float], prompt_tokens: tuple[int, int], corpus) -> int:
+    """The benchmark itself, on checked arguments."""
 
     import gpt_jax
     from gpt_jax.serving.run import BackgroundServer
 
     gen = gpt_jax.load(args.model)
     requests = make_requests(
-        gen.tokenizer, args.requests, args.seed, (low, high), args.mean_output, gen.config.max_seq_len,
-        corpus_file(args.corpus),
+        gen.tokenizer, args.requests, args.seed, prompt_tokens, args.mean_output, gen.config.max_seq_len, corpus
     )
     server = BackgroundServer(gen, "bench", slots=args.slots, max_queue=len(requests))
     try:
@@ -223,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: getattr(args, k) for k in ("requests", "slots", "prompt_tokens", "mean_output", "seed")},
         "results": results,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomically(args.json, json.dumps(report, indent=1) + "\n")
     if args.plot:
         plot(results, Path(args.plot))
     print(f"wrote {args.json}" + (f" and {args.plot}" if args.plot else ""))

@@ -21,7 +21,6 @@ import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -35,6 +34,7 @@ from gpt_jax.training.config import TrainConfig
 from gpt_jax.training.trainer import train
 from gpt_jax.bench.corpus import add_corpus_flag, corpus_file
 from gpt_jax.util.argparsing import OneLineParser, positive_int
+from gpt_jax.util.output_files import check_output_file, write_text_atomically
 
 QUOTE = (
     "HAMLET:\nTo be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
@@ -141,7 +141,7 @@ def draft(args) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> OneLineParser:
     ap = OneLineParser(prog="gpt-jax bench --speculative", description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["gpt2-small", "llama-small"], choices=sorted(PRESETS))
     ap.add_argument("--batches", nargs="+", type=positive_int, default=[1, 8])
@@ -153,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draft-steps", type=positive_int, default=300)
     add_corpus_flag(ap)
     ap.add_argument("--out", default="benchmarks/results/speculative.json")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    check_output_file(args.out, "--out")
+    corpus_file(args.corpus)  # a missing corpus is reported now, not after the first parts ran
     bandwidth, by_method = read_bandwidth_gbs()
     result = {
         "machine": {
@@ -171,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         result["lookup"] = lookup(args)
     if "draft" in args.parts:
         result["draft"] = draft(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomically(args.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     return 0
 

@@ -20,7 +20,7 @@ from gpt_jax.checkpoints import safetensors_io
 from gpt_jax.checkpoints.hf.export import export_tensors
 from gpt_jax.checkpoints.hf.load import load as load_hf
 from gpt_jax.checkpoints.safe_write import as_path, atomic_directory, check_extra_files, check_target
-from gpt_jax.checkpoints.tokenizer_files import SENTENCEPIECE_FILE, load_tokenizer
+from gpt_jax.checkpoints.tokenizer_files import SENTENCEPIECE_FILE, load_tokenizer, tokenizer_files
 from gpt_jax.decoding.generator import Generator
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.errors import CheckpointError, ConfigError, InputError, check
@@ -96,10 +96,7 @@ def save(
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2) + "\n")
         safetensors_io.write(tmp / WEIGHTS_FILE, tensors, metadata=metadata)
         if generator.tokenizer is not None:
-            for name, data in generator.tokenizer.files().items():
-                (tmp / name).write_bytes(data)
-        if generator.tokenizer is not None and generator.tokenizer.chat_template is not None:
-            for name, data in generator.tokenizer.chat_template.files().items():
+            for name, data in tokenizer_files(generator.tokenizer).items():
                 (tmp / name).write_bytes(data)
         if generator.defaults and format == "native":
             (tmp / DEFAULTS_FILE).write_text(json.dumps(generator.defaults, indent=2) + "\n")

@@ -5,11 +5,12 @@ directories both load through here.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from gpt_jax.errors import CheckpointError, TokenizerError, check
 from gpt_jax.model.config import ModelConfig
-from gpt_jax.text.chat import ChatTemplate
+from gpt_jax.text.chat import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
 from gpt_jax.text.hf_tokenizer import HFTokenizer
 from gpt_jax.text.tokenizer import BaseTokenizer, Tokenizer
 
@@ -39,3 +40,14 @@ def load_tokenizer(directory: Path, config: ModelConfig, exact: bool = True) -> 
         f"{source}: tokenizer has {tok.vocab_size} pieces but the model's embedding has {config.vocab_size} rows",
     )
     return tok
+
+
+def tokenizer_files(tok: BaseTokenizer) -> dict[str, bytes]:
+    """What a model directory stores for `tok`: its own files, its chat template, and a `tokenizer_config.json`
+    with which transformers' `AutoTokenizer` encodes text as `tok.encode` does, BOS included (with a chat template,
+    special-token strings in a text are read as tokens there, as the rendered template needs)."""
+    files = dict(tok.files())
+    if tok.chat_template is not None:
+        files[TEMPLATE_FILE] = tok.chat_template.source.encode()
+    files[TOKENIZER_CONFIG] = (json.dumps(tok.transformers_fields(), indent=1, ensure_ascii=False) + "\n").encode()
+    return files

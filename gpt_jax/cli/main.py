@@ -62,10 +62,10 @@ def _generate(args) -> int:
         if args.n != 1:
             raise InputError("--stream prints one sample per prompt: use --n 1")
         seed = GenerationSettings.of(settings, gen.defaults).with_seed().seed
-        if args.seed is None:
+        streams = [gen.stream(p, **{**settings, "seed": seed, "row_seeds": [i]}) for i, p in enumerate(args.prompts)]
+        if args.seed is None:  # once every prompt and setting is known to be good
             print(f"seed: {seed}", file=sys.stderr)
-        for i, prompt in enumerate(args.prompts):
-            pieces = gen.stream(prompt, **{**settings, "seed": seed, "row_seeds": [i]})
+        for i, (prompt, pieces) in enumerate(zip(args.prompts, streams)):
             print(("\n" + "-" * 40 + "\n" if i else "") + prompt, end="", flush=True)
             for piece in pieces:
                 print(piece, end="", flush=True)
@@ -91,6 +91,7 @@ def _chat(args) -> int:
     ]
     given = {name: getattr(args, name) for name in names if name in args.given}
     settings = GenerationSettings.of(given, gen.defaults).with_seed()
+    gen.prepare([[tok.bos_id if tok.bos_id >= 0 else 0]], settings)  # every value checked before the first turn
     if args.seed is None:
         print(f"seed: {settings.seed}", file=sys.stderr)
     start = [{"role": "system", "content": check_text(args.system, "--system")}] if args.system else []
@@ -145,24 +146,37 @@ def _print_texts(prompts, result, as_json: bool) -> None:
             print(("\n" + "-" * 40 + "\n" if i else "") + prompt + text)
 
 
+SMALL_PRESET_VOCAB = 512  # what `train` gives a preset whose vocabulary cannot hold SentencePiece's byte pieces
+
+
 def _train(args) -> int:
     from gpt_jax.model.config import ModelConfig
     from gpt_jax.model.presets import PRESETS
+    from gpt_jax.text.sentencepiece_training import MIN_VOCAB_SIZE
     from gpt_jax.training.trainer import train
     from gpt_jax.training.corpus import unigram_baseline
 
     if args.preset not in PRESETS:
         raise InputError(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
-    config = PRESETS[args.preset]
+    config, given = PRESETS[args.preset], {}
     if args.config:
-        config = ModelConfig.from_dict(read_json(Path(args.config), "--config"), source=args.config, base=config)
+        given = read_json(Path(args.config), "--config")
+        config = ModelConfig.from_dict(given, source=args.config, base=config)
     if args.vocab_size is not None:
         config = config.replace(vocab_size=args.vocab_size)
+    note = None
+    from_preset = args.vocab_size is None and "vocab_size" not in given
+    if from_preset and config.vocab_size < MIN_VOCAB_SIZE:  # the tiny presets: too few pieces for the bytes
+        note = f"vocab_size {SMALL_PRESET_VOCAB}: the preset's {config.vocab_size} cannot hold the 256 byte pieces"
+        config = config.replace(vocab_size=SMALL_PRESET_VOCAB)
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     trainer = train(args.files, args.out, config, tc, resume=args.resume, mesh=_mesh(args.mesh))
     final = trainer.history[-1] if trainer.history else trainer.evaluate()
     final["unigram_val_nats_per_token"] = unigram_baseline(trainer.corpus, trainer.config.vocab_size)
     final["params"] = trainer.config.num_params
+    final["vocab_size"] = trainer.config.vocab_size
+    if note:
+        final["note"] = note + " (set it with --vocab-size)"
     print()
     print(json.dumps(final, indent=1))
     return 0
@@ -231,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk or a closed pipe shows here, inside the handlers below
         return code
     except GptJaxError as e:
-        print(f"gpt-jax: error: {e}", file=sys.stderr)
+        print(f"gpt-jax: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_INPUT
     except BrokenPipeError:
         _silence_stdout()
@@ -239,11 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         _silence_stdout()
         where = f" ({e.filename})" if e.filename else ""
-        print(f"gpt-jax: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"gpt-jax: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print("gpt-jax: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def one_line(message: str) -> str:
+    """A message on one line: line breaks in it (a value the user gave may hold them) are written as \\n."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _silence_stdout() -> None:

@@ -284,14 +284,15 @@ class Generator:
             check(
                 len(s) <= context, InputError, f"sequence {i} has {len(s)} tokens, more than the context of {context}"
             )
-        totals, counts = [], []
+        totals, counts, each = [], [], []
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start : start + batch_size]
             batch = score_batch(chunk, self.config.pad_id, context, self._data_axis())
-            ll, n = jax.device_get(self.programs.score(self.params, batch.tokens, batch.valid))
+            ll, n, target, scored = jax.device_get(self.programs.score(self.params, batch.tokens, batch.valid))
             totals += ll[: len(chunk)].tolist()
             counts += n[: len(chunk)].tolist()
-        return ScoreResult(log_likelihood=totals, num_tokens=[int(c) for c in counts])
+            each += [row[mask].tolist() for row, mask in zip(target[: len(chunk)], scored)]
+        return ScoreResult(log_likelihood=totals, num_tokens=[int(c) for c in counts], token_logprobs=each)
 
     def score(self, texts: str | Sequence[str], batch_size: int = 8) -> ScoreResult:
         """Teacher-forced log-likelihood of each text (BOS-prefixed as the tokenizer is configured); a text longer
@@ -313,11 +314,12 @@ class Generator:
                     parts.append(w)
                     owner.append(i)
         scored = self.score_ids(parts, batch_size)
-        totals, counts = [0.0] * len(texts), [0] * len(texts)
-        for i, ll, n in zip(owner, scored.log_likelihood, scored.num_tokens):
+        totals, counts, each = [0.0] * len(texts), [0] * len(texts), [[] for _ in texts]
+        for i, ll, n, values in zip(owner, scored.log_likelihood, scored.num_tokens, scored.token_logprobs):
             totals[i] += ll
             counts[i] += n
-        return ScoreResult(log_likelihood=totals, num_tokens=counts)
+            each[i] += values
+        return ScoreResult(log_likelihood=totals, num_tokens=counts, token_logprobs=each)
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _data_axis(self) -> int:

@@ -36,9 +36,16 @@ class Prepared:
     top_logprobs: int  # alternatives recorded per token (static)
 
 
-def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], settings: GenerationSettings, data_axis: int = 1):
+def prepare(
+    config: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    data_axis: int = 1,
+    scoring: bool = False,
+):
     """Validate every setting and build the traced inputs of the decode. `data_axis`: the batch is padded to a
-    multiple of the mesh's data axis."""
+    multiple of the mesh's data axis. `scoring`: the prompts are only prefilled and scored, no token is generated
+    (the budget is not counted), so a prompt may fill the context."""
     s = check_call(settings.with_seed())
     check(
         isinstance(prompts, (list, tuple)) and 0 < len(prompts) <= MAX_ROWS,
@@ -57,7 +64,12 @@ def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], settings: Gen
     rows = len(prompts)
     for i, (p, budget) in enumerate(zip(prompts, values["max_new_tokens"])):
         check(
-            len(p) + budget <= config.max_seq_len,
+            len(p) <= config.max_seq_len,
+            InputError,
+            f"prompt {i // s.n} has {len(p)} tokens, more than the model's context of {config.max_seq_len} tokens",
+        )
+        check(
+            scoring or len(p) + budget <= config.max_seq_len,
             InputError,
             f"prompt {i // s.n} has {len(p)} tokens; with max_new_tokens={budget} that is {len(p) + budget}, "
             f"more than the model's context of {config.max_seq_len} tokens",

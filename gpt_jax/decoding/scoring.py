@@ -20,10 +20,12 @@ from gpt_jax.model.transformer import forward
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
-    """Per text: total log-likelihood (nats) of its tokens after the first, and how many tokens were scored."""
+    """Per text: total log-likelihood (nats) of its scored tokens, how many were scored, and each one's
+    log-probability in order (`score_ids`: tokens 2..L of each sequence)."""
 
     log_likelihood: list[float]
     num_tokens: list[int]
+    token_logprobs: list[list[float]]
 
     @property
     def perplexity(self) -> float:
@@ -43,9 +45,10 @@ def token_logprobs(config: ModelConfig, params: dict, tokens: jax.Array, valid: 
 
 
 def sequence_log_likelihood(config: ModelConfig, params: dict, tokens: jax.Array, valid: jax.Array):
-    """[B, T] -> ([B] summed log-likelihood of each row's scored tokens, [B] how many were scored)."""
+    """[B, T] -> ([B] summed log-likelihood of each row's scored tokens, [B] how many were scored, [B, T-1] each
+    token's log-probability, [B, T-1] which of them were scored)."""
     target, scored = token_logprobs(config, params, tokens, valid)
-    return jnp.sum(jnp.where(scored, target, 0.0), axis=1), jnp.sum(scored, axis=1)
+    return jnp.sum(jnp.where(scored, target, 0.0), axis=1), jnp.sum(scored, axis=1), target, scored
 
 
 def windows(ids: list[int], prefix_len: int, context: int) -> list[list[int]]:

@@ -39,6 +39,7 @@ from gpt_jax.serving.requests import (
     slot_updates,
 )
 
+MAX_SLOTS = 1024
 ALTERNATIVES = 20  # a dispatch records 0 or this many alternatives per token (two compiled decode programs)
 
 
@@ -71,18 +72,25 @@ class Engine:
         self._thread.start()
 
     # ---- the caller's side (any thread) ------------------------------------------------------------------------
-    def prepare(self, prompt: Sequence[int], settings: GenerationSettings) -> Prepared:
-        """Check one prompt and its settings as `generate` does, and against this engine's slots and context."""
+    def prepare(self, prompt: Sequence[int], settings: GenerationSettings, scoring: bool = False) -> Prepared:
+        """Check one prompt and its settings as `generate` does, and against this engine's slots and context.
+        `scoring`: the request only scores its prompt (`Request(..., score_only=True)`), which may fill the
+        context."""
         check(settings.speculative is None, InputError, "speculative decoding is not available in the server")
         check(not settings.ignore_eos, InputError, "ignore_eos is not available in the server")
-        prep = prepare(self.gen.config, [prompt], settings, self.data_rows)
+        prep = prepare(self.gen.config, [prompt], settings, self.data_rows, scoring=scoring)
         check(
             prep.rows <= self.slots, InputError, f"n must be at most the server's {self.slots} slots, got {prep.rows}"
         )
         budget = int(prep.inputs.rules.max_new_tokens[0])
         prompt_len = int(prep.inputs.tokens.shape[1] - prep.inputs.pad_len[0])
         check(
-            prompt_len + budget <= self.max_len,
+            prompt_len <= self.max_len,
+            InputError,
+            f"the prompt has {prompt_len} tokens, more than the server's context of {self.max_len} tokens",
+        )
+        check(
+            scoring or prompt_len + budget <= self.max_len,
             InputError,
             f"the prompt has {prompt_len} tokens; with max_tokens={budget} that is {prompt_len + budget}, more "
             f"than the server's context of {self.max_len} tokens",
@@ -175,6 +183,10 @@ class Engine:
                     return
                 budget -= self._guarded(job.request, self._prefill_next, job)
                 continue
+            if job.request.score_only:  # the prompt's scores went out with its last chunk: nothing to decode
+                self._finish_unslotted(job.request)
+                self._prefilling = None
+                continue
             free = [b for b, owner in enumerate(self._owners) if owner is None and b not in self._releases]
             if len(free) < job.request.rows:
                 return
@@ -217,6 +229,12 @@ class Engine:
             if request.prompt_top >= 0:
                 request.on_event(prompt_event(job.scores, request.prompt_top))
         return width
+
+    def _finish_unslotted(self, request: Request) -> None:
+        for row in range(request.rows):
+            with self._lock:
+                request.open_rows.discard(row)
+            request.on_event(Event("finish", row, finish="length"))
 
     def _insert_rows(self, job: Prefill, free: list[int]) -> None:
         request = job.request
@@ -301,13 +319,17 @@ def slot_programs(gen, slots_count: int, max_len: int) -> slots.SlotPrograms:
     )
 
 
+def check_slots(slots_count) -> None:
+    check(
+        isinstance(slots_count, int) and not isinstance(slots_count, bool) and 1 <= slots_count <= MAX_SLOTS,
+        InputError,
+        f"slots must be an integer in [1, {MAX_SLOTS}], got {slots_count!r}",
+    )
+
+
 def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int) -> int:
     """Refuse bad engine options (InputError naming each); returns max_len with its default filled in."""
-    check(
-        isinstance(slots_count, int) and 1 <= slots_count <= 1024,
-        InputError,
-        f"slots must be an integer in [1, 1024], got {slots_count!r}",
-    )
+    check_slots(slots_count)
     check(
         slots_count % data_rows == 0,
         InputError,

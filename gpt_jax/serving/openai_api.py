@@ -159,6 +159,8 @@ def completion_request(body: dict, tokenizer) -> tuple[list[list[int]], dict]:
         raise bad(
             "max_tokens must be at least 1 (0 only with echo: the prompt and its log-probabilities)", "max_tokens"
         )
+    if body.get("max_tokens") == 0 and body.get("min_tokens") not in (None, 0):
+        raise bad(f"min_tokens={body['min_tokens']!r} is more than max_tokens=0", "min_tokens")
     options = {"stream": _flag(body, "stream"), "echo": echo, "logprobs": logprobs}
     return prompts, {**options, "return_token_ids": _flag(body, "return_token_ids")}
 

@@ -53,9 +53,16 @@ class Event:
 class Request:
     """One prompt and its n samples on their way through the engine."""
 
-    def __init__(self, prep: Prepared, on_event: Callable[[Event], None], prompt_logprobs: int = -1):
-        """prompt_logprobs = k >= 0: also score the prompt's tokens, with k alternatives each."""
+    def __init__(
+        self, prep: Prepared, on_event: Callable[[Event], None], prompt_logprobs: int = -1, score_only: bool = False
+    ):
+        """prompt_logprobs = k >= 0: also score the prompt's tokens, with k alternatives each. score_only: only
+        that (prepared with `Engine.prepare(..., scoring=True)`): after the prefill every row finishes ("length")
+        without a slot or a generated token."""
+        if score_only and prompt_logprobs < 0:
+            raise ValueError("score_only needs prompt_logprobs >= 0")
         self.prep, self.on_event, self.prompt_top = prep, on_event, prompt_logprobs
+        self.score_only = score_only
         self.rows = prep.rows
         self.prompt_len = int(prep.inputs.tokens.shape[1] - prep.inputs.pad_len[0])
         self.arrival = time.perf_counter()

@@ -5,13 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import threading
 import time
 
 import uvicorn
 
+from gpt_jax.errors import InputError
 from gpt_jax.serving.server import create_app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port: a host that does not resolve is an InputError, an address in use (or not
+    allowed) an OSError, both before the model is put into service."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise InputError(f"--host {host!r} does not resolve to an address: {e}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def serve(gen, model_name: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
@@ -33,12 +54,13 @@ def serve(gen, model_name: str, host: str = "127.0.0.1", port: int = 8000, **opt
             self.force_exit = self.should_exit and sig == signal.SIGINT
             self.should_exit = True
 
+    sock = bind(host, port)
     app = create_app(gen, model_name, **options)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     server = GracefulServer(config)
 
     async def run():
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:

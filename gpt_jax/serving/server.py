@@ -1,6 +1,7 @@
 """`gpt-jax serve`: the OpenAI API over HTTP (Starlette + uvicorn), backed by the continuous-batching `Engine`.
 
     GET /v1/models   POST /v1/completions   POST /v1/chat/completions   GET /health   GET /metrics
+    POST /tokenize   POST /detokenize   GET /tokenizer_info   (vLLM's shapes: `tokenize_api`)
 
 Each prompt of a request becomes one engine request (its n samples are rows with row seeds i*n + j, as
 `generate` numbers them), so a seeded request gives the tokens `generate` gives for the same settings, whatever
@@ -25,7 +26,8 @@ from starlette.routing import Route
 from gpt_jax.decoding.settings import GenerationSettings, draw_seed
 from gpt_jax.errors import GptJaxError
 from gpt_jax.serving import openai_api as api
-from gpt_jax.serving.engine import Engine, EngineClosed, QueueFull, Request
+from gpt_jax.serving import tokenize_api
+from gpt_jax.serving.engine import Engine, EngineClosed, QueueFull, Request, check_slots
 from gpt_jax.serving.metrics import Metrics
 from gpt_jax.decoding.rows import MAX_STOP_SEQUENCES, MAX_STOP_TOKENS
 from gpt_jax.text.stops import stop_token_ids
@@ -38,7 +40,8 @@ class Call:
 
     def __init__(self, server: Server, prompts, settings: dict, stops: list[str], prompt_top=-1, generate=True):
         """prompt_top = k >= 0: score the prompts too (k alternatives); generate=False: only that (echo with
-        max_tokens 0), the one token generated for it is dropped."""
+        max_tokens 0): the engine prefills and scores each prompt, which may fill the context, and generates
+        nothing."""
         self.server, self.prompts, self.generate = server, prompts, generate
         self.prompt_scores: dict[int, object] = {}
         self.events: asyncio.Queue = asyncio.Queue()
@@ -49,13 +52,13 @@ class Call:
         seed = draw_seed() if seed is None else seed
         for i, ids in enumerate(prompts):
             try:
-                prep = server.engine.prepare(ids, GenerationSettings.of({**settings, "seed": seed}))
+                prep = server.engine.prepare(ids, GenerationSettings.of({**settings, "seed": seed}), not generate)
             except GptJaxError as e:
                 raise api.from_input_error(e) from None
             inputs = prep.inputs.replace(row_seeds=prep.inputs.row_seeds + i * prep.rows)  # rows i*n .. i*n+n-1
             prep = dataclasses.replace(prep, inputs=inputs)
             on_event = lambda event, i=i: loop.call_soon_threadsafe(self.events.put_nowait, (i, event))
-            self.requests.append(Request(prep, on_event, prompt_top))
+            self.requests.append(Request(prep, on_event, prompt_top, score_only=not generate))
             self.rows += [api.RowText(tok, ids, stops) for _ in range(prep.rows)]
         self.n, self.open = self.requests[0].rows, len(self.rows)  # samples per prompt; rows still running
 
@@ -134,6 +137,23 @@ class Server:
     async def metrics_text(self, request: HttpRequest) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def _optional_model(self, body: dict) -> None:
+        if body.get("model") is not None:
+            self.check_model(body)
+
+    async def tokenize(self, request: HttpRequest) -> Response:
+        body = api.parse_json(await request.body())
+        self._optional_model(body)
+        return JSONResponse(tokenize_api.tokenize(body, self.gen.tokenizer, self.engine.max_len))
+
+    async def detokenize(self, request: HttpRequest) -> Response:
+        body = api.parse_json(await request.body())
+        self._optional_model(body)
+        return JSONResponse(tokenize_api.detokenize(body, self.gen.tokenizer))
+
+    async def tokenizer_info(self, request: HttpRequest) -> Response:
+        return JSONResponse(tokenize_api.tokenizer_info(self.gen.tokenizer, self.engine.max_len))
+
     async def completions(self, request: HttpRequest) -> Response:
         body = api.parse_json(await request.body())
         self.check_model(body)
@@ -141,7 +161,8 @@ class Server:
         generate = not (opts["echo"] and body.get("max_tokens") == 0)  # echo only: the prompt (and its scores)
         settings = api.settings_of(body if generate else {**body, "max_tokens": 1}, self.gen.defaults, 16)
         k = opts["logprobs"]
-        call = self._start(prompts, settings, k or 0, k if opts["echo"] and k is not None else -1, generate)
+        prompt_top = k if opts["echo"] and k is not None else (-1 if generate else 0)
+        call = self._start(prompts, settings, k or 0, prompt_top, generate)
         kind, prefix = "text_completion", api.new_id("cmpl")
         ids, tok = self._token_ids(opts), self.gen.tokenizer
         echo = [tok.decode(p) if opts["echo"] else "" for p in call.prompts]
@@ -279,6 +300,7 @@ class Server:
 
 def create_app(gen, model_name: str = "gpt-jax", slots: int = 8, max_queue: int = 64, **engine_options) -> Starlette:
     """The ASGI app; its engine starts now and stops when the app shuts down (after requests in flight)."""
+    check_slots(slots)  # before the metrics size their histograms by it
     metrics = Metrics(slots)
     engine = Engine(gen, slots, max_queue, observer=metrics, **engine_options)
     metrics.watch(engine)
@@ -311,6 +333,9 @@ def create_app(gen, model_name: str = "gpt-jax", slots: int = 8, max_queue: int 
         Route("/v1/models", counted("models", server.models), methods=["GET"]),
         Route("/v1/completions", counted("completions", server.completions), methods=["POST"]),
         Route("/v1/chat/completions", counted("chat", server.chat), methods=["POST"]),
+        Route("/tokenize", counted("tokenize", server.tokenize), methods=["POST"]),
+        Route("/detokenize", counted("detokenize", server.detokenize), methods=["POST"]),
+        Route("/tokenizer_info", counted("tokenizer_info", server.tokenizer_info), methods=["GET"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/metrics", server.metrics_text, methods=["GET"]),
     ]

@@ -81,13 +81,10 @@ class ChatTemplate:
         except InputError as e:
             raise CheckpointError(f"{directory}: {e}") from None
 
-    def files(self) -> dict[str, bytes]:
-        """What a model directory stores for this template."""
-        names = {"bos_token": self.bos_token, "eos_token": self.eos_token}
-        return {
-            TEMPLATE_FILE: self.source.encode(),
-            TOKENIZER_CONFIG: (json.dumps({k: v for k, v in names.items() if v}, indent=1) + "\n").encode(),
-        }
+    def transformers_fields(self) -> dict:
+        """The special-token names this template prints ("" for none) for `tokenizer_config.json` (transformers
+        passes them to the template as gpt_jax does), and special-token strings read as tokens."""
+        return {"bos_token": self.bos_token, "eos_token": self.eos_token, "split_special_tokens": False}
 
 
 def check_messages(messages) -> None:

@@ -102,6 +102,8 @@ class ModelIds(Protocol):
 class HFTokenizer(BaseTokenizer):
     """Encode with `tokenizers`, decode through exact per-token bytes; special ids come from the model config."""
 
+    special_strings_are_text = False  # `tokenizers` reads a special-token string in a text as that token
+
     def __init__(self, hf_tokenizer, config: ModelIds, files: dict[str, bytes]):
         self._hf = hf_tokenizer
         self._files = files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 import sentencepiece as spm
 
 from gpt_jax.errors import InputError, check
+
+
+MIN_VOCAB_SIZE = 260  # 256 byte pieces and unk, bos, eos, pad
 
 
 def train_tokenizer(
@@ -28,9 +32,9 @@ def train_tokenizer(
     """
     check(model_type in ("bpe", "unigram"), InputError, f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     check(
-        isinstance(vocab_size, int) and vocab_size >= 260,
+        isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and vocab_size >= MIN_VOCAB_SIZE,
         InputError,
-        f"vocab_size must be an integer >= 260 (256 byte pieces plus specials), got {vocab_size!r}",
+        f"vocab_size must be an integer >= {MIN_VOCAB_SIZE} (256 byte pieces plus specials), got {vocab_size!r}",
     )
     files = [str(f) for f in text_files]
     check(bool(files), InputError, "text_files must name at least one file")
@@ -62,6 +66,12 @@ def train_tokenizer(
                 add_dummy_prefix=False,
             )
         except RuntimeError as e:
+            needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+            if needed:
+                raise InputError(
+                    f"vocab_size={vocab_size} is too small for this text: its characters alone need "
+                    f"{needed.group(1)} pieces; give a vocab_size of more than {needed.group(1)}"
+                ) from None
             raise InputError(
                 f"SentencePiece training failed (vocab_size={vocab_size}): {str(e).splitlines()[-1]}"
             ) from None

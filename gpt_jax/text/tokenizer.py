@@ -43,6 +43,8 @@ class BaseTokenizer(abc.ABC):
     `id_to_piece` and `files`. `pad_id` is what finished rows emit (the model's pad piece, else its EOS id).
     """
 
+    special_strings_are_text = True  # `encode("<s>")` spells the characters; False where the backend reads a token
+
     def __init__(
         self,
         *,
@@ -122,6 +124,22 @@ class BaseTokenizer(abc.ABC):
     # step 9: detokenize
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text: stops at the first EOS, drops pad and control pieces."""
+        return self._decode_run(ids)
+
+    def decode_with_special_tokens(self, ids: Iterable[int]) -> str:
+        """Ids -> text in which special tokens appear as their strings (as `encode_with_special_tokens` reads them
+        back); an EOS ends nothing."""
+        names = {i: text for text, i in self.special_texts.items()}
+        out, run = [], []
+        for i in map(int, ids):
+            if i in names:
+                out += [self._decode_run(run), names[i]]
+                run = []
+            else:
+                run.append(i)
+        return "".join([*out, self._decode_run(run)])
+
+    def _decode_run(self, ids: list[int]) -> str:
         decoder = IncrementalDecoder(self)
         return decoder.add(ids) + decoder.flush()
 
@@ -132,6 +150,19 @@ class BaseTokenizer(abc.ABC):
     def drops_leading_space(self, i: int) -> bool:
         """True when a text that starts with id `i` loses the first byte (a space) of `token_bytes(i)`."""
         return self._leading_space[i]
+
+    def transformers_fields(self) -> dict:
+        """What transformers' `tokenizer_config.json` needs to tokenize as `encode` does: the special tokens' names,
+        whether BOS and EOS are added, and whether a special-token string in a text is read as text
+        (`split_special_tokens`, as `encode` reads it here). With a chat template, the names it was given win, and
+        special-token strings are read as tokens, which the rendered template needs."""
+        ids = {"bos_token": self.bos_id, "eos_token": self.eos_id, "unk_token": self.unk_id, "pad_token": self.pad_id}
+        fields = {name: self.id_to_piece(i) for name, i in ids.items() if 0 <= i < self.vocab_size}
+        fields.update(add_bos_token=self.add_bos, add_eos_token=self.add_eos)
+        fields["split_special_tokens"] = self.special_strings_are_text
+        if self.chat_template is not None:
+            fields.update({k: v for k, v in self.chat_template.transformers_fields().items() if v != ""})
+        return fields
 
     def __repr__(self) -> str:
         return (

@@ -23,6 +23,7 @@ class Corpus:
 
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer, tc: TrainConfig) -> Corpus:
+        check(tc.seq_len is not None, InputError, "seq_len is not set: TrainConfig.for_model(max_seq_len) fills it in")
         lines = text.splitlines(keepends=True)
         chunks = ["".join(lines[i : i + 256]) for i in range(0, len(lines), 256)]  # splits at newlines: exact
         ids = np.concatenate([np.asarray(tokenizer.encode(c, add_special_tokens=False), np.int32) for c in chunks])

@@ -67,6 +67,7 @@ class Trainer:
     ):
         """`mesh` ("data", "model"): params by the partition rules of `sharding`, the batch on `data`. Default: all
         devices on `data` (plain data parallelism), or none with one device."""
+        tc = tc.for_model(config.max_seq_len)
         tc.validate()
         self.config, self.tokenizer, self.corpus, self.tc = config, tokenizer, corpus, tc
         self.out_dir = Path(out_dir) if out_dir else None
@@ -216,7 +217,8 @@ def train(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Trainer:
-    """Train a tokenizer (unless given) and a model on `text_files`; checkpoints go to `out_dir`."""
+    """Train a tokenizer (unless given) and a model on `text_files`; checkpoints go to `out_dir`. A `tc.seq_len` of
+    None takes the model's context (at most 256)."""
     check(
         isinstance(text_files, (list, tuple)) and len(text_files) > 0,
         InputError,
@@ -224,6 +226,7 @@ def train(
     )
     for f in text_files:
         check(Path(f).is_file(), InputError, f"text file not found: {f}")
+    tc = tc.for_model(config.max_seq_len)
     tc.validate()
     check(
         tc.seq_len <= config.max_seq_len,

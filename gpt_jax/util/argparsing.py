@@ -8,6 +8,7 @@ import argparse
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the values hold
         self.exit(2, f"gpt-jax: error: {message} (see {self.prog} --help)\n")
 
 
