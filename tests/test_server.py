@@ -228,6 +228,12 @@ def test_a_prompt_of_the_full_context_is_scored_and_one_more_token_is_refused_in
     assert one.status_code == 400 and f"max_tokens=1 that is {context + 1}" in message
     low = httpx.post(server.url + "/v1/completions", json={**body, "min_tokens": 3}, timeout=60)
     assert low.status_code == 400 and "min_tokens=3 is more than max_tokens=0" in low.json()["error"]["message"]
+    plain = {"model": "shakespeare", "prompt": ids[: context - 10]}  # no max_tokens: OpenAI's default of 16
+    message = httpx.post(server.url + "/v1/completions", json=plain, timeout=60).json()["error"]["message"]
+    assert "max_tokens=16 (the default; the request gave none)" in message
+    long_chat = [{"role": "user", "content": CORPUS_TEXT * 40}]
+    refused = httpx.post(server.url + "/v1/chat/completions", json={"model": "shakespeare", "messages": long_chat})
+    assert refused.status_code == 400 and "no room for a reply" in refused.json()["error"]["message"]
 
 
 def test_lm_evals_loglikelihood_request_shape(server, gen):

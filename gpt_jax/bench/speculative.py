@@ -30,7 +30,7 @@ from gpt_jax.bench.models import read_bandwidth_gbs, weight_bytes
 from gpt_jax.decoding.batching import bucket
 from gpt_jax.bench.reference import Reference
 from gpt_jax.model.presets import PRESETS
-from gpt_jax.training.config import TrainConfig
+from gpt_jax.training.config import DEFAULT_WARMUP_STEPS, TrainConfig
 from gpt_jax.training.trainer import train
 from gpt_jax.bench.corpus import add_corpus_flag, corpus_file
 from gpt_jax.util.argparsing import OneLineParser, positive_int
@@ -119,7 +119,7 @@ def draft(args) -> dict:
     bundled = gpt_jax.load()
     with tempfile.TemporaryDirectory() as tmp:
         config = bundled.config.replace(n_layers=2)
-        warmup = min(TrainConfig.warmup_steps, args.draft_steps - 1)  # the default, where there are steps for it
+        warmup = min(DEFAULT_WARMUP_STEPS, args.draft_steps - 1)  # as the published runs had it
         tc = TrainConfig(
             steps=args.draft_steps, batch_size=16, seq_len=256, warmup_steps=warmup, eval_every=10**6,
             checkpoint_every=10**6,

@@ -12,6 +12,7 @@ freed at once), and text that could still grow into a stop string is held back f
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 
@@ -61,9 +62,12 @@ def bad(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param, "invalid_value" if param else None)
 
 
-def from_input_error(error: GptJaxError) -> ApiError:
-    """A typed error of the library -> 400, in the API's names."""
+def from_input_error(error: GptJaxError, defaulted: bool = False) -> ApiError:
+    """A typed error of the library -> 400, in the API's names; `defaulted`: the request gave no max_tokens, so a
+    max_tokens the message names is marked as the default."""
     message = str(error)
+    if defaulted:
+        message = re.sub(r"max_new_tokens=(\d+)", r"max_tokens=\1 (the default; the request gave none)", message)
     first = message.split(" ")[0]
     known = set(OUR_NAMES.values()) | set(THEIR_NAMES) | {"logit_bias", "stop", "prompt"}
     param = THEIR_NAMES.get(first, first) if first in known else None
@@ -120,7 +124,7 @@ def settings_of(body: dict, defaults: dict, max_tokens_default: int) -> dict:
         except (TypeError, ValueError):
             raise bad("logit_bias keys must be token ids (integers as strings)", "logit_bias") from None
     base = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": max_tokens_default}
-    return {**base, **defaults, **given}
+    return {**base, **defaults, **given, "max_new_tokens_defaulted": "max_new_tokens" not in given}
 
 
 def completion_request(body: dict, tokenizer) -> tuple[list[list[int]], dict]:

@@ -38,10 +38,12 @@ RETRY_AFTER_SECONDS = 1
 class Call:
     """One HTTP request's prompts in the engine, their rows' text, and the events still to come."""
 
-    def __init__(self, server: Server, prompts, settings: dict, stops: list[str], prompt_top=-1, generate=True):
+    def __init__(
+        self, server: Server, prompts, settings: dict, stops: list[str], prompt_top=-1, generate=True, defaulted=False
+    ):
         """prompt_top = k >= 0: score the prompts too (k alternatives); generate=False: only that (echo with
         max_tokens 0): the engine prefills and scores each prompt, which may fill the context, and generates
-        nothing."""
+        nothing. defaulted: the request gave no max_tokens (an error then says the value was the default)."""
         self.server, self.prompts, self.generate = server, prompts, generate
         self.prompt_scores: dict[int, object] = {}
         self.events: asyncio.Queue = asyncio.Queue()
@@ -54,7 +56,7 @@ class Call:
             try:
                 prep = server.engine.prepare(ids, GenerationSettings.of({**settings, "seed": seed}), not generate)
             except GptJaxError as e:
-                raise api.from_input_error(e) from None
+                raise api.from_input_error(e, defaulted) from None
             inputs = prep.inputs.replace(row_seeds=prep.inputs.row_seeds + i * prep.rows)  # rows i*n .. i*n+n-1
             prep = dataclasses.replace(prep, inputs=inputs)
             on_event = lambda event, i=i: loop.call_soon_threadsafe(self.events.put_nowait, (i, event))
@@ -197,8 +199,14 @@ class Server:
         body = api.parse_json(await request.body())
         self.check_model(body)
         ids, opts = api.chat_request(body, self.gen.tokenizer)
-        room = max(1, self.engine.max_len - len(ids))
-        settings = api.settings_of(body, self.gen.defaults, room)
+        room = self.engine.max_len - len(ids)
+        if room < 1 and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            raise api.bad(
+                f"the conversation has {len(ids)} tokens through the chat template, the server's context is "
+                f"{self.engine.max_len}: no room for a reply",
+                "messages",
+            )
+        settings = api.settings_of(body, self.gen.defaults, max(room, 1))
         call = self._start([ids], settings, opts["top_logprobs"])
         kind, prefix = "chat.completion", api.new_id("chatcmpl")
         token_ids = self._token_ids(opts)
@@ -249,9 +257,10 @@ class Server:
 
     def _start(self, prompts, settings: dict, top: int, prompt_top: int = -1, generate: bool = True) -> Call:
         stops = settings.pop("stop", None) or []
+        defaulted = settings.pop("max_new_tokens_defaulted", False)
         if stops:
             settings["stop_ids"] = stop_token_ids(self.gen.tokenizer, stops, MAX_STOP_SEQUENCES, MAX_STOP_TOKENS)
-        call = Call(self, prompts, {**settings, "top_logprobs": top}, stops, prompt_top, generate)
+        call = Call(self, prompts, {**settings, "top_logprobs": top}, stops, prompt_top, generate, defaulted)
         call.submit()
         return call
 
