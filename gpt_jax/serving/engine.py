@@ -83,18 +83,7 @@ class Engine:
             prep.rows <= self.slots, InputError, f"n must be at most the server's {self.slots} slots, got {prep.rows}"
         )
         budget = int(prep.inputs.rules.max_new_tokens[0])
-        prompt_len = int(prep.inputs.tokens.shape[1] - prep.inputs.pad_len[0])
-        check(
-            prompt_len <= self.max_len,
-            InputError,
-            f"the prompt has {prompt_len} tokens, more than the server's context of {self.max_len} tokens",
-        )
-        check(
-            scoring or prompt_len + budget <= self.max_len,
-            InputError,
-            f"the prompt has {prompt_len} tokens; with max_tokens={budget} that is {prompt_len + budget}, more "
-            f"than the server's context of {self.max_len} tokens",
-        )
+        check_room(int(prep.inputs.tokens.shape[1] - prep.inputs.pad_len[0]), budget, self.max_len, scoring)
         return prep
 
     def submit(self, request: Request) -> None:
@@ -316,6 +305,21 @@ def slot_programs(gen, slots_count: int, max_len: int) -> slots.SlotPrograms:
         config.vocab_size,
         eos_table(config),
         config.pad_id,
+    )
+
+
+def check_room(prompt_len: int, budget: int, max_len: int, scoring: bool) -> None:
+    """A prompt and its budget must fit a slot's `max_len` tokens (a prompt only scored takes no budget)."""
+    check(
+        prompt_len <= max_len,
+        InputError,
+        f"the prompt has {prompt_len} tokens, more than the server's context of {max_len} tokens",
+    )
+    check(
+        scoring or prompt_len + budget <= max_len,
+        InputError,
+        f"the prompt has {prompt_len} tokens; with max_new_tokens={budget} that is {prompt_len + budget}, more "
+        f"than the server's context of {max_len} tokens",
     )
 
 
