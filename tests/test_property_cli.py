@@ -154,6 +154,7 @@ def test_every_flag_with_any_value_ends_in_a_result_or_one_line(command, places,
                 takes_value
             ) else [flag]
         with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(tmp)  # a relative path drawn as a value lands in the example's own directory
             reached = install_stand_ins(patch)
             code, _, err = run_cli(argv)
         assert code in (0, 1, 2), (argv, code, err)
