@@ -21,6 +21,7 @@ from gpt_jax.text.detokenize import IncrementalDecoder
 from gpt_jax.text.tokenizer import check_text
 from gpt_jax.training.config import TrainConfig
 from gpt_jax.training.corpus import read_text
+from gpt_jax.util.argparsing import one_line
 from gpt_jax.util.compile_cache import enable_compile_cache
 from gpt_jax.util.json_files import read_json_object
 
@@ -258,11 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gpt-jax: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-def one_line(message: str) -> str:
-    """A message on one line: line breaks in it (a value the user gave may hold them) are written as \\n."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _silence_stdout() -> None:

@@ -87,16 +87,22 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def _check_fields(body: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed - set(OUR_NAMES) - IGNORED - EXTENSIONS)
+def check_fields(body: dict, allowed: set[str], listed: set[str] | None = None) -> None:
+    """400 naming the first field of `body` not in `allowed`; the message lists `listed` (default: `allowed`)."""
+    unknown = sorted(set(body) - allowed)
     if unknown:
-        raise bad(f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(allowed | set(OUR_NAMES)))})", unknown[0])
+        raise bad(f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(listed or allowed))})", unknown[0])
 
 
-def _flag(body: dict, name: str) -> bool:
-    value = body.get(name, False)
+def _check_fields(body: dict, allowed: set[str]) -> None:
+    check_fields(body, allowed | set(OUR_NAMES) | IGNORED | EXTENSIONS, allowed | set(OUR_NAMES))
+
+
+def flag(body: dict, name: str, default: bool = False) -> bool:
+    """A true/false field (absent or null: `default`), else 400 naming it."""
+    value = body.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise bad(f"{name} must be true or false, got {value!r}", name)
     return value
@@ -124,7 +130,12 @@ def settings_of(body: dict, defaults: dict, max_tokens_default: int) -> dict:
         except (TypeError, ValueError):
             raise bad("logit_bias keys must be token ids (integers as strings)", "logit_bias") from None
     base = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": max_tokens_default}
-    return {**base, **defaults, **given, "max_new_tokens_defaulted": "max_new_tokens" not in given}
+    return {**base, **defaults, **given}
+
+
+def gives_budget(body: dict) -> bool:
+    """Whether the request sets its token budget (max_tokens or max_completion_tokens)."""
+    return body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
 
 
 def completion_request(body: dict, tokenizer) -> tuple[list[list[int]], dict]:
@@ -158,15 +169,15 @@ def completion_request(body: dict, tokenizer) -> tuple[list[list[int]], dict]:
     logprobs = body.get("logprobs")
     if logprobs is not None and (not _is_id(logprobs) or logprobs > MAX_COMPLETION_LOGPROBS):
         raise bad(f"logprobs must be an integer in [0, {MAX_COMPLETION_LOGPROBS}], got {logprobs!r}", "logprobs")
-    echo = _flag(body, "echo")
+    echo = flag(body, "echo")
     if body.get("max_tokens") == 0 and not echo:
         raise bad(
             "max_tokens must be at least 1 (0 only with echo: the prompt and its log-probabilities)", "max_tokens"
         )
     if body.get("max_tokens") == 0 and body.get("min_tokens") not in (None, 0):
         raise bad(f"min_tokens={body['min_tokens']!r} is more than max_tokens=0", "min_tokens")
-    options = {"stream": _flag(body, "stream"), "echo": echo, "logprobs": logprobs}
-    return prompts, {**options, "return_token_ids": _flag(body, "return_token_ids")}
+    options = {"stream": flag(body, "stream"), "echo": echo, "logprobs": logprobs}
+    return prompts, {**options, "return_token_ids": flag(body, "return_token_ids")}
 
 
 def chat_request(body: dict, tokenizer) -> tuple[list[int], dict]:
@@ -180,12 +191,12 @@ def chat_request(body: dict, tokenizer) -> tuple[list[int], dict]:
         ids = tokenizer.apply_chat_template(body.get("messages"))
     except GptJaxError as e:
         raise bad(str(e), "messages") from None
-    logprobs = _flag(body, "logprobs")
+    logprobs = flag(body, "logprobs")
     top = body.get("top_logprobs")
     if top is not None and (not _is_id(top) or top > MAX_CHAT_LOGPROBS or not logprobs):
         raise bad(f"top_logprobs must be an integer in [0, {MAX_CHAT_LOGPROBS}] with logprobs true", "top_logprobs")
-    options = {"stream": _flag(body, "stream"), "logprobs": logprobs, "top_logprobs": top or 0}
-    return ids, {**options, "return_token_ids": _flag(body, "return_token_ids")}
+    options = {"stream": flag(body, "stream"), "logprobs": logprobs, "top_logprobs": top or 0}
+    return ids, {**options, "return_token_ids": flag(body, "return_token_ids")}
 
 
 def _is_id(x) -> bool:

@@ -164,7 +164,7 @@ class Server:
         settings = api.settings_of(body if generate else {**body, "max_tokens": 1}, self.gen.defaults, 16)
         k = opts["logprobs"]
         prompt_top = k if opts["echo"] and k is not None else (-1 if generate else 0)
-        call = self._start(prompts, settings, k or 0, prompt_top, generate)
+        call = self._start(prompts, settings, k or 0, prompt_top, generate, not api.gives_budget(body))
         kind, prefix = "text_completion", api.new_id("cmpl")
         ids, tok = self._token_ids(opts), self.gen.tokenizer
         echo = [tok.decode(p) if opts["echo"] else "" for p in call.prompts]
@@ -200,14 +200,14 @@ class Server:
         self.check_model(body)
         ids, opts = api.chat_request(body, self.gen.tokenizer)
         room = self.engine.max_len - len(ids)
-        if room < 1 and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        if room < 1 and not api.gives_budget(body):
             raise api.bad(
                 f"the conversation has {len(ids)} tokens through the chat template, the server's context is "
                 f"{self.engine.max_len}: no room for a reply",
                 "messages",
             )
         settings = api.settings_of(body, self.gen.defaults, max(room, 1))
-        call = self._start([ids], settings, opts["top_logprobs"])
+        call = self._start([ids], settings, opts["top_logprobs"], defaulted=not api.gives_budget(body))
         kind, prefix = "chat.completion", api.new_id("chatcmpl")
         token_ids = self._token_ids(opts)
 
@@ -255,9 +255,9 @@ class Server:
         """The `return_token_ids` extension: a choice's generated ids (up to a stop string), when asked for."""
         return lambda row: {"token_ids": row.tokens[: row.kept()]} if opts["return_token_ids"] else {}
 
-    def _start(self, prompts, settings: dict, top: int, prompt_top: int = -1, generate: bool = True) -> Call:
+    def _start(self, prompts, settings: dict, top: int, prompt_top=-1, generate=True, defaulted=False) -> Call:
+        """defaulted: the request set no token budget (see `Call`)."""
         stops = settings.pop("stop", None) or []
-        defaulted = settings.pop("max_new_tokens_defaulted", False)
         if stops:
             settings["stop_ids"] = stop_token_ids(self.gen.tokenizer, stops, MAX_STOP_SEQUENCES, MAX_STOP_TOKENS)
         call = Call(self, prompts, {**settings, "top_logprobs": top}, stops, prompt_top, generate, defaulted)

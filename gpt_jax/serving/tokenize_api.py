@@ -14,7 +14,7 @@ and `/detokenize` writes special tokens as their strings, so `/tokenize` of a `/
 from __future__ import annotations
 
 from gpt_jax.errors import GptJaxError
-from gpt_jax.serving.openai_api import bad
+from gpt_jax.serving.openai_api import bad, check_fields, flag
 from gpt_jax.text.tokenizer import BaseTokenizer, check_text
 
 TOKENIZE_FIELDS = {"model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", "return_token_strs"}
@@ -22,24 +22,9 @@ DETOKENIZE_FIELDS = {"model", "tokens"}
 MAX_DETOKENIZE_IDS = 1 << 20
 
 
-def _fields(body: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise bad(f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(allowed))})", unknown[0])
-
-
-def _flag(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad(f"{name} must be true or false, got {value!r}", name)
-    return value
-
-
 def tokenize(body: dict, tok: BaseTokenizer, max_model_len: int) -> dict:
     """A /tokenize body -> its response."""
-    _fields(body, TOKENIZE_FIELDS)
+    check_fields(body, TOKENIZE_FIELDS)
     if ("prompt" in body) == ("messages" in body):
         raise bad("give either prompt (a string) or messages (a conversation)", "prompt")
     try:
@@ -49,24 +34,24 @@ def tokenize(body: dict, tok: BaseTokenizer, max_model_len: int) -> dict:
             if "add_generation_prompt" in body:
                 raise bad("add_generation_prompt goes with messages, not prompt", "add_generation_prompt")
             ids = tok.encode_with_special_tokens(check_text(body["prompt"], "prompt"))
-            specials = _flag(body, "add_special_tokens", True)
+            specials = flag(body, "add_special_tokens", True)
         else:
             if tok.chat_template is None:
                 raise bad("this model has no chat template: tokenize a prompt", "messages")
-            text = tok.chat_template.render(body["messages"], _flag(body, "add_generation_prompt", True))
+            text = tok.chat_template.render(body["messages"], flag(body, "add_generation_prompt", True))
             ids = tok.encode_with_special_tokens(text)
-            specials = _flag(body, "add_special_tokens", False)
+            specials = flag(body, "add_special_tokens", False)
     except GptJaxError as e:
         raise bad(str(e), "prompt" if "prompt" in body else "messages") from None
     if specials:
         ids = ([tok.bos_id] if tok.add_bos else []) + ids + ([tok.eos_id] if tok.add_eos else [])
-    strs = [tok.id_to_piece(i) for i in ids] if _flag(body, "return_token_strs", False) else None
+    strs = [tok.id_to_piece(i) for i in ids] if flag(body, "return_token_strs", False) else None
     return {"count": len(ids), "max_model_len": max_model_len, "tokens": ids, "token_strs": strs}
 
 
 def detokenize(body: dict, tok: BaseTokenizer) -> dict:
     """A /detokenize body -> its response."""
-    _fields(body, DETOKENIZE_FIELDS)
+    check_fields(body, DETOKENIZE_FIELDS)
     ids = body.get("tokens")
     if not isinstance(ids, list) or len(ids) > MAX_DETOKENIZE_IDS:
         raise bad(f"tokens must be a list of at most {MAX_DETOKENIZE_IDS} token ids", "tokens")

@@ -6,10 +6,14 @@ from __future__ import annotations
 import argparse
 
 
+def one_line(message: str) -> str:
+    """A message on one line: line breaks in it (a value the user gave may hold them) are written as \\n."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
-        message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the values hold
-        self.exit(2, f"gpt-jax: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"gpt-jax: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:
