@@ -32,6 +32,17 @@ def test_generate_is_repeatable_with_a_seed(capsys, model_dir):
     assert run(capsys, *args[:-4], "--seed", "1", "--max-new-tokens", "8")[1] != first
 
 
+def test_arithmetic_flag_picks_the_generators_arithmetic(capsys, model_dir, monkeypatch):
+    seen = []
+    original = Generator.with_arithmetic
+    monkeypatch.setattr(Generator, "with_arithmetic", lambda self, a: seen.append(a) or original(self, a))
+    args = ("generate", "ROMEO:", "--model", model_dir, "--seed", "0", "--max-new-tokens", "4", "--json")
+    code, out, _ = run(capsys, *args, "--arithmetic", "fast")
+    assert code == 0 and json.loads(out.splitlines()[0])["prompt"] == "ROMEO:" and seen == ["fast"]
+    code, _, err = run_cli(capsys, [*args, "--arithmetic", "fastest"])
+    assert code == 2 and "invalid choice: 'fastest' (choose from 'exact', 'fast')" in err
+
+
 def test_generate_prints_the_fresh_seed(capsys, model_dir):
     code, out, err = run(capsys, "generate", "A", "--model", model_dir, "--max-new-tokens", "2")
     assert code == 0 and err.startswith("seed: ")

@@ -18,9 +18,10 @@ V = LLAMA_TINY.vocab_size
 PAD = 0
 
 
-def fake_logits_fn(params, tokens, positions, mask, cache, mode):
+def fake_logits_fn(params, tokens, positions, mask, cache, mode, last_only=False):
     """logits = one_hot(token + 1): a model that counts."""
-    return jax.nn.one_hot((tokens + 1) % V, V) * 10.0, cache.advance(tokens.shape[1])
+    logits = jax.nn.one_hot((tokens + 1) % V, V) * 10.0
+    return (logits[:, -1:] if last_only else logits), cache.advance(tokens.shape[1])
 
 
 def run(tokens, inputs, *, buffer):

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt_jax import Generator
+from gpt_jax.bench import invariance as bench_invariance
 from gpt_jax.bench import models as bench_models
 from gpt_jax.bench import serving as bench_serving
 from gpt_jax.bench import speculative as bench_speculative
@@ -69,6 +70,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
         **main_parsers,
         "bench": bench_models.parser(),
         "bench --speculative": bench_speculative.parser(),
+        "bench --invariance": bench_invariance.parser(),
         "bench-serve": bench_serving.parser(),
     }
 
@@ -82,6 +84,7 @@ BASE = {  # the command's positionals and enough flags for a quick run; the draw
     "serve": ["serve", "--model", "{model}", "--port", "0", "--slots", "2"],
     "bench": ["bench", "--shapes", "llama-tiny", "--out", "{tmp}/bench.json"],
     "bench --speculative": ["bench", "--speculative", "--shapes", "llama-tiny", "--out", "{tmp}/spec.json"],
+    "bench --invariance": ["bench", "--invariance", "--shape", "llama-tiny", "--out", "{tmp}/invariance.json"],
     "bench-serve": ["bench-serve", "--model", "{model}", "--json", "{tmp}/serve.json", "--plot", ""],
 }
 PARSERS = parsers()
@@ -131,6 +134,8 @@ def install_stand_ins(monkeypatch) -> list[str]:
     for part in ("ceiling", "lookup", "draft"):
         monkeypatch.setattr(bench_speculative, part, mark(part, {}))
     monkeypatch.setattr(bench_serving, "run", mark("bench-serve", 0))
+    monkeypatch.setattr(bench_invariance, "measure", mark("bench --invariance", {"batch": 1, "arithmetic": "exact"}))
+    monkeypatch.setattr(bench_invariance, "identity", mark("identity", {}))
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # chat: the conversation ends at once
     return reached
 

@@ -18,7 +18,16 @@ from gpt_jax.decoding import loop
 from gpt_jax.decoding.batching import bucket
 from gpt_jax.bench.reference import Reference
 from gpt_jax.model.presets import PRESETS
-from gpt_jax.model.row_invariant import ROW_TILE, ForwardMode, row_sum, rows_alike, softmax, tiled
+from gpt_jax.model.row_invariant import (
+    GROUP_TILES,
+    MAX_ROW_TILE,
+    ForwardMode,
+    dense_tile,
+    row_sum,
+    rows_alike,
+    softmax,
+    tiled,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -52,14 +61,20 @@ def product_shapes():
 
 @pytest.mark.parametrize("width_in,width_out", product_shapes())
 def test_products_round_each_row_alike_for_any_row_count(width_in, width_out):
+    tile = dense_tile(width_in, width_out, jnp.float32)
     w = normal(width_in, width_out, scale=0.02)
-    x = normal(72, 1, width_in)
-    product = jax.jit(lambda x: rows_alike(lambda x: jnp.einsum("BTI,IO->BTO", x, w), x, True))
-    row = np.asarray(product(x[:1]))[0]
-    differs = [n for n in (2, 9, ROW_TILE + 1, 72) if not np.array_equal(product(x[:n])[0], row)]
+    x = normal(2 * tile + 3, 1, width_in)
+    # every row count up to the tile, each its own product (as in a model), in one program
+    every = jax.jit(lambda x, w: [jnp.einsum("BTI,IO->BTO", x[:m], w)[0] for m in range(2, tile + 1)])
+    rows = np.asarray(every(x, w))
+    assert [m for m, r in zip(range(2, tile + 1), rows) if not np.array_equal(r, rows[0])] == []
+    product = jax.jit(lambda x, w: rows_alike(lambda x: jnp.einsum("BTI,IO->BTO", x, w), x, True, tile))
+    row = np.asarray(product(x[:1], w))[0]
+    assert np.array_equal(row, rows[0])
+    differs = [n for n in (tile + 1, 2 * tile + 3) if not np.array_equal(product(x[:n], w)[0], row)]
     assert differs == []
     positions = x[:9, 0][None]  # one row's 9 positions: a verification pass
-    assert np.array_equal(np.asarray(product(positions))[0, 0], row[0])
+    assert np.array_equal(np.asarray(product(positions, w))[0, 0], row[0])
 
 
 @pytest.mark.parametrize("slots", [176, 1040])
@@ -100,19 +115,19 @@ def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_co
     config = dataclasses.replace(PRESETS[preset], n_layers=2)
     gen = gpt_jax.Generator.from_config(config, key=1)
     prompt = RNG.integers(3, 1000, 24).tolist()
-    fed = RNG.integers(3, 1000, (20, 9)).astype(np.int32)  # row 0: the token after the prompt and 8 proposals
+    fed = RNG.integers(3, 1000, (2048, 17)).astype(np.int32)  # row 0: the token after the prompt, 16 proposals
     chain = []  # plain decoding, one token per pass at batch 1
     cache = prefilled(gen, prompt, 1)
     pad = jnp.zeros((1,), jnp.int32)
-    for j in range(9):
+    for j in range(17):
         token = jnp.asarray(fed[:1, j : j + 1])
         logits, cache = feed(gen.programs.logits_fn, gen.params, token, pad, cache, ForwardMode.DECODE)
         chain.append(np.asarray(logits)[0, 0])
-    for rows in (5, ROW_TILE + 4):  # batch-mates fed other tokens
+    for rows in (5, 20, 256, 2048):  # batch-mates fed other tokens
         assert np.array_equal(
             decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :1]), 24)[0, 0], chain[0]
         )
-    for rows, width in ((1, 9), (3, 9)):  # verification passes (3 x 9: more rows than a tile)
+    for rows, width in ((1, 9), (3, 9), (1, 17), (20, 17)):  # verification passes, k up to 16
         wide = decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :width]), 24)
         for j in range(width):
             assert np.array_equal(wide[0, j], chain[j]), (rows, width, j)
@@ -132,3 +147,59 @@ def test_near_flat_sampling_is_unchanged_by_batch_mates_and_speculation():
     out = gen.generate_ids([prompt], speculative=Reference(reference, 8, 1.0, seed=1), **settings)  # 9 positions
     assert out.token_ids[0] == plain
     assert sum(out.speculation["passes"]) < 80  # the proposals were used, not only one-token passes
+
+
+@pytest.mark.parametrize("width_in,width_out,transposed", [(960, 2560, False), (896, 4864, False), (992, 512, True)])
+def test_each_shapes_tile_is_measured_so_widths_with_an_early_kernel_switch_stay_row_invariant(
+    width_in, width_out, transposed
+):
+    """XLA:CPU switches kernels at a row count that depends on the contracted width (measured: after 16 rows at
+    768, 9 at 896, 4 at 960, 2 at 992): each product shape gets its own measured tile."""
+    tile = dense_tile(width_in, width_out, jnp.float32, transposed)
+    assert 2 <= tile <= MAX_ROW_TILE
+    w = normal(width_out, width_in, scale=0.02) if transposed else normal(width_in, width_out, scale=0.02)
+    spec = "BTI,OI->BTO" if transposed else "BTI,IO->BTO"
+    x = normal(40, 1, width_in)
+    product = jax.jit(lambda x, w: rows_alike(lambda x: jnp.einsum(spec, x, w), x, True, tile))  # w a parameter
+    row = np.asarray(product(x[:1], w))[0]
+    assert [n for n in (2, tile, tile + 1, 2 * tile + 1, 40) if not np.array_equal(product(x[:n], w)[0], row)] == []
+
+
+def test_large_batches_loop_over_groups_of_tiles_and_keep_each_row():
+    """Past 2 * GROUP_TILES tiles the tiles run in a loop (the program stops growing); rows stay as at batch 1,
+    in the loop and in the unrolled tiles after it."""
+    w = normal(768, 256, scale=0.02)
+    tile = dense_tile(768, 256, jnp.float32)
+    rows = 2 * GROUP_TILES * tile + tile + 3  # two groups in the loop, a full tile and a short one after it
+    x = normal(rows, 1, 768)
+    product = jax.jit(lambda x: rows_alike(lambda x: jnp.einsum("BTI,IO->BTO", x, w), x, True, tile))
+    whole = np.asarray(product(x))
+    alone = np.concatenate([np.asarray(product(x[i : i + 1])) for i in (0, GROUP_TILES * tile + 5, rows - 1)])
+    assert np.array_equal(whole[[0, GROUP_TILES * tile + 5, rows - 1]], alone)
+    hlo = product.lower(x).compile().as_text()
+    assert "while" in hlo
+
+
+def test_the_arithmetic_is_the_generators_and_fast_is_xlas_own_within_rounding():
+    gen = gpt_jax.Generator.from_config(dataclasses.replace(PRESETS["gpt2-tiny"], n_layers=1), key=0)
+    fast = gen.with_arithmetic("fast")
+    assert (gen.arithmetic, fast.arithmetic, fast.with_arithmetic("fast") is fast) == ("exact", "fast", True)
+    assert fast.quantize_int8().arithmetic == "fast"
+    prompt = RNG.integers(3, 60, 12).tolist()
+    exact_logits = decode_logits(gen, prefilled(gen, prompt, 3), jnp.asarray([[5], [6], [7]]), 12)
+    fast_logits = decode_logits(fast, prefilled(fast, prompt, 3), jnp.asarray([[5], [6], [7]]), 12)
+    np.testing.assert_allclose(fast_logits, exact_logits, rtol=1e-4, atol=1e-5)
+    settings = dict(max_new_tokens=6, temperature=0.0, seed=0, ignore_eos=True)
+    assert len(fast.generate_ids([prompt, prompt[:5]], **settings).token_ids[1]) == 6
+    with pytest.raises(gpt_jax.InputError, match="arithmetic must be one of 'exact', 'fast', got 'fastest'"):
+        gen.with_arithmetic("fastest")
+
+
+def test_the_benchmarks_identity_check_reports_exact_as_bit_identical():
+    from gpt_jax.bench.invariance import identity
+
+    gen = gpt_jax.Generator.from_config(dataclasses.replace(PRESETS["gpt2-tiny"], n_layers=1), key=2)
+    report = identity(gen, batches=(1, 5, 20))
+    assert report["bit_identical"] and set(report["max_abs_difference_by_batch"]) == {1, 5, 20}
+    fast = identity(gen.with_arithmetic("fast"), batches=(1, 5, 20))
+    assert fast["arithmetic"] == "fast" and fast["max_abs_difference_verify_k4"] < 1e-4

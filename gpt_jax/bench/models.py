@@ -1,7 +1,8 @@
 """Decode benchmark: gpt_jax against transformers (PyTorch) on identical random weights.
 
     gpt-jax bench [--shapes gpt2-small llama-small] [--prompt-lens 32 512] [--batches 1 8 32] [--modes greedy top-p]
-                  [--new-tokens 128] [--repeats 3] [--out benchmarks/results/decode.json]
+                  [--new-tokens 128] [--repeats 3] [--fast] [--int8] [--llama-cpp DIR]
+                  [--out benchmarks/results/decode.json]
 
 For each setting both engines run alternately `--repeats` times; medians are reported. Decode time is the time of a
 128-token generation minus the time of a 1-token one (prefill plus one step), so ms/step excludes the prompt.
@@ -79,12 +80,12 @@ def peak_rss_mb() -> float:
 
 
 class JaxEngine:
-    def __init__(self, directory: Path, dtype: str, int8: str | None = None):
+    def __init__(self, directory: Path, dtype: str, int8: str | None = None, arithmetic: str = "exact"):
 
         import gpt_jax
 
-        self.gen = gpt_jax.load(directory, dtype=dtype)
-        self.name = "gpt_jax"
+        self.gen = gpt_jax.load(directory, dtype=dtype).with_arithmetic(arithmetic)
+        self.name = "gpt_jax" if arithmetic == "exact" else f"gpt_jax_{arithmetic}"
         if int8 == "weights":
             self.gen, self.name = self.gen.quantize_int8(), "gpt_jax_int8"
         elif int8 == "dynamic":
@@ -162,6 +163,12 @@ def bench(args) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             make_checkpoint(shape, Path(tmp))
             engines = [JaxEngine(Path(tmp), args.dtype), TorchEngine(Path(tmp), args.dtype, args.threads)]
+            if args.fast:
+                engines.append(JaxEngine(Path(tmp), args.dtype, arithmetic="fast"))
+            if args.llama_cpp:
+                from gpt_jax.bench.llama_cpp import LlamaCppEngine
+
+                engines.append(LlamaCppEngine(Path(tmp), args.dtype, args.threads, args.llama_cpp))
             if args.int8:
                 engines += [JaxEngine(Path(tmp), args.dtype, int8=m) for m in ("weights", "dynamic")]
             rng = np.random.default_rng(0)
@@ -227,23 +234,25 @@ def bench(args) -> dict:
 def _format_row(r: dict) -> str:
     j, t = r["gpt_jax"], r["transformers"]
 
-    def int8(name):
+    def other(name):  # another engine's tok/s (roofline), or -
         q = r.get(name)
         return f"{q['decode_tokens_per_s']} ({q['roofline_fraction']:.0%})" if q else "-"
 
     return (
         f"| {r['shape']} | {r['prompt_len']} | {r['batch']} | {r['mode']} | {j['decode_tokens_per_s']} | "
         f"{t['decode_tokens_per_s']} | {r['decode_ratio']}x | {j['ms_per_step']} | {t['ms_per_step']} | "
-        f"{j['roofline_fraction']:.0%} | {int8('gpt_jax_int8')} | {int8('gpt_jax_w8a8')} | "
+        f"{j['roofline_fraction']:.0%} | {other('gpt_jax_fast')} | {other('llama.cpp')} | "
+        f"{other('gpt_jax_int8')} | {other('gpt_jax_w8a8')} | "
         f"{j['prefill_tokens_per_s']} | {t['prefill_tokens_per_s']} | {j['first_call_s']} | {t['first_call_s']} |"
     )
 
 
 HEADER = (
     "| shape | prompt | batch | mode | gpt_jax tok/s | transformers tok/s | ratio | gpt_jax ms/step | "
-    "transformers ms/step | gpt_jax roofline | int8 weight-only tok/s (roofline) | int8 dynamic tok/s (roofline) | "
+    "transformers ms/step | gpt_jax roofline | fast arithmetic tok/s (roofline) | llama.cpp tok/s (roofline) | "
+    "int8 weight-only tok/s (roofline) | int8 dynamic tok/s (roofline) | "
     "gpt_jax prefill tok/s | transformers prefill tok/s | gpt_jax first call s | transformers first call s |\n"
-    + "|---" * 16
+    + "|---" * 18
     + "|"
 )
 
@@ -260,6 +269,12 @@ def parser() -> OneLineParser:
     ap.add_argument("--threads", type=positive_int, default=os.cpu_count())
     ap.add_argument(
         "--int8", action="store_true", help="also run gpt_jax with int8 weight-only and int8 dynamic quantization"
+    )
+    ap.add_argument(
+        "--fast", action="store_true", help="also run gpt_jax with arithmetic='fast' (not row-invariant)"
+    )
+    ap.add_argument(
+        "--llama-cpp", default=None, metavar="DIR", help="also run llama.cpp from this built source tree (llama_cpp.py)"
     )
     ap.add_argument("--out", default="benchmarks/results/decode.json")
     return ap

@@ -48,17 +48,18 @@ def _generate(args) -> int:
     if args.prompt_lookup:
         settings["speculative"] = gpt_jax.PromptLookup(num_tokens=args.prompt_lookup)
     if args.draft:
-        settings["speculative"] = gpt_jax.DraftModel(gpt_jax.load(args.draft), num_tokens=args.draft_tokens)
+        draft = gpt_jax.load(args.draft).with_arithmetic(args.arithmetic)
+        settings["speculative"] = gpt_jax.DraftModel(draft, num_tokens=args.draft_tokens)
     if args.distributed:
         from gpt_jax import distributed
 
         distributed.initialize()
-        gen = gpt_jax.load(args.model, mesh=distributed.local_mesh())
+        gen = gpt_jax.load(args.model, mesh=distributed.local_mesh()).with_arithmetic(args.arithmetic)
         out = distributed.generate(gen, args.prompts, **settings)
         if out is not None:
             _print_texts(args.prompts, out, args.json)
         return 0
-    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh))
+    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
     if args.stream:
         if args.n != 1:
             raise InputError("--stream prints one sample per prompt: use --n 1")
@@ -83,7 +84,7 @@ def _chat(args) -> int:
     """Read user turns from stdin, stream each reply, keep the history; /reset clears it, /exit (or EOF) ends."""
     import gpt_jax
 
-    gen = gpt_jax.load(args.model)
+    gen = gpt_jax.load(args.model).with_arithmetic(args.arithmetic)
     tok = gen.tokenizer
     if tok is None or tok.chat_template is None:
         raise InputError(f"{args.model or 'the bundled model'} has no chat template; use gpt-jax generate")
@@ -131,7 +132,7 @@ def _serve(args) -> int:
         ) from None
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
-    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh))
+    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
     name = args.served_model_name or (Path(args.model).resolve().name if args.model else "shakespeare")
     options = {"slots": args.slots, "max_queue": args.max_queue, "max_len": args.max_len, "chunk": args.chunk}
     serve(gen, name, args.host, args.port, steps_per_dispatch=args.steps_per_dispatch, **options)
@@ -215,6 +216,10 @@ def _score(args) -> int:
 
 
 def _run(argv: list[str]) -> int:
+    if argv[:1] == ["bench"] and "--invariance" in argv:  # exact against fast arithmetic, per batch
+        from gpt_jax.bench.invariance import main as invariance_main
+
+        return invariance_main([a for a in argv[1:] if a != "--invariance"])
     if argv[:1] == ["bench"] and "--speculative" in argv:  # speculative decoding's own benchmark
         from gpt_jax.bench.speculative import main as bench_main
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from gpt_jax.decoding.settings import GenerationSettings
+from gpt_jax.model.row_invariant import ARITHMETICS
 from gpt_jax.training.config import TrainConfig
 from gpt_jax.util.argparsing import OneLineParser, positive_int
 
@@ -30,6 +31,16 @@ def add_dataclass_flags(parser, cls, only=lambda field: True, default=dataclasse
             parser.add_argument(flag(f.name), type=int if f.default is None else kind, default=value, help=help_text)
 
 
+def add_arithmetic_flag(parser) -> None:
+    parser.add_argument(
+        "--arithmetic",
+        choices=ARITHMETICS,
+        default="exact",
+        help="exact: a row's tokens never depend on its batch-mates, the batch size or speculation; fast: XLA's "
+        "own arithmetic (faster for one sequence on CPU, no such promise)",
+    )
+
+
 def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     """The parser and its subcommand parsers; `defaults` replaces every generation flag's default."""
     p = OneLineParser(prog="gpt-jax", description="Text generation with a pure JAX/Flax GPT.")
@@ -47,6 +58,7 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     g.add_argument("--json", action="store_true", help="print one JSON object per sample")
     g.add_argument("--distributed", action="store_true", help="multi-host: jax.distributed, results on host 0")
     g.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
+    add_arithmetic_flag(g)
     g.add_argument("--stream", action="store_true", help="print the text as it is generated (one prompt at a time)")
     g.add_argument(
         "--prompt-lookup", type=positive_int, default=None, metavar="K", help="speculate K tokens by prompt lookup"
@@ -75,6 +87,7 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     c.add_argument("--model", default=None, help="model directory with a chat template")
     c.add_argument("--system", default=None, help="a system message that starts the conversation")
     add_dataclass_flags(c, GenerationSettings, lambda f: f.metadata["cli"] and f.name not in ("n", "stop"), defaults)
+    add_arithmetic_flag(c)
     v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching (extra: serve)")
     v.add_argument("--model", default=None, help="model directory (default: the bundled Shakespeare model)")
     v.add_argument("--served-model-name", default=None, help="the model's name in the API (default: directory name)")
@@ -86,4 +99,5 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     v.add_argument("--chunk", type=positive_int, default=256, help="prompt tokens prefilled between decode steps")
     v.add_argument("--steps-per-dispatch", type=positive_int, default=4, help="decode steps per device call")
     v.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
+    add_arithmetic_flag(v)
     return p, {"generate": g, "train": t, "score": s, "chat": c, "serve": v}

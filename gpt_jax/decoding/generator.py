@@ -87,22 +87,61 @@ def result_of(out: dict, prep: Prepared) -> GenerationResult:
     )
 
 
+def checked_sequences(config: ModelConfig, sequences, batch_size) -> list[list[int]]:
+    """score_ids' arguments checked: 2 to context token ids each, a batch size in [1, MAX_SCORE_BATCH]."""
+    check(
+        is_integer(batch_size) and 1 <= batch_size <= MAX_SCORE_BATCH,
+        InputError,
+        f"batch_size must be an integer in [1, {MAX_SCORE_BATCH}], got {batch_size!r}",
+    )
+    check(
+        isinstance(sequences, (list, tuple)) and len(sequences) > 0,
+        InputError,
+        "sequences must be a non-empty list of token-id lists",
+    )
+    seqs = [check_ids(config, i, s, what="sequence") for i, s in enumerate(sequences)]
+    context = config.max_seq_len
+    for i, s in enumerate(seqs):
+        check(len(s) >= 2, InputError, f"sequence {i} has {len(s)} token: scoring needs at least 2")
+        check(len(s) <= context, InputError, f"sequence {i} has {len(s)} tokens, more than the context of {context}")
+    return seqs
+
+
 class Generator:
     """A model (config + params) with its tokenizer and the compiled programs of the pipeline; every generation call
     takes the settings of `settings.GenerationSettings` as keyword arguments."""
 
     def __init__(
-        self, config: ModelConfig, params: dict, tokenizer: BaseTokenizer | None = None, mesh=None, defaults=None
+        self,
+        config: ModelConfig,
+        params: dict,
+        tokenizer: BaseTokenizer | None = None,
+        mesh=None,
+        defaults=None,
+        arithmetic: str = "exact",
     ):
         """`mesh`: a jax.sharding.Mesh with axes ("data", "model"), Auto or Explicit; params are placed by the
-        `sharding` rules. `defaults`: the checkpoint's own settings ({name: value}), used where a call sets none."""
+        `sharding` rules. `defaults`: the checkpoint's own settings ({name: value}), used where a call sets none.
+        `arithmetic`: "exact" (a row's tokens never depend on its batch-mates, the batch size or speculation) or
+        "fast" (XLA's own arithmetic: a lone row at the matrix-vector kernel's speed, no such promise); it holds for
+        every call and every program of this Generator: generate, stream, speculation and the server alike."""
         if mesh is not None:
             mesh = sharding.auto_axes(mesh)
             params = sharding.shard_params(config, params, mesh)
         self.config, self.params, self.tokenizer, self.mesh = config, params, tokenizer, mesh
         self.defaults = dict(defaults or {})
         GenerationSettings.of(self.defaults)  # an unknown name is refused here, not at the first call
-        self.programs = CompiledPrograms(config, mesh)
+        self.programs = CompiledPrograms(config, mesh, arithmetic)
+
+    @property
+    def arithmetic(self) -> str:
+        return self.programs.arithmetic
+
+    def with_arithmetic(self, arithmetic: str) -> Generator:
+        """This model (same weights, tokenizer and mesh) with the other arithmetic; `self` itself when it has it."""
+        if arithmetic == self.arithmetic:
+            return self
+        return Generator(self.config, self.params, self.tokenizer, self.mesh, self.defaults, arithmetic)
 
     @property
     def trace_count(self) -> int:
@@ -132,7 +171,7 @@ class Generator:
         """
         inputs = {name: info.inputs for name, info in weight_infos(self.config).items()}
         params = jax.jit(lambda p: quantize_params(p, inputs, activations))(self.params)
-        return Generator(self.config, params, self.tokenizer, self.mesh, self.defaults)
+        return Generator(self.config, params, self.tokenizer, self.mesh, self.defaults, self.arithmetic)
 
     def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
         """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis); a decode
@@ -267,23 +306,7 @@ class Generator:
     # ---- scoring -----------------------------------------------------------------------------------------------
     def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> ScoreResult:
         """Teacher-forced log-likelihood of each sequence's tokens after its first (each 2 .. context tokens)."""
-        check(
-            is_integer(batch_size) and 1 <= batch_size <= MAX_SCORE_BATCH,
-            InputError,
-            f"batch_size must be an integer in [1, {MAX_SCORE_BATCH}], got {batch_size!r}",
-        )
-        check(
-            isinstance(sequences, (list, tuple)) and len(sequences) > 0,
-            InputError,
-            "sequences must be a non-empty list of token-id lists",
-        )
-        seqs = [check_ids(self.config, i, s, what="sequence") for i, s in enumerate(sequences)]
-        context = self.config.max_seq_len
-        for i, s in enumerate(seqs):
-            check(len(s) >= 2, InputError, f"sequence {i} has {len(s)} token: scoring needs at least 2")
-            check(
-                len(s) <= context, InputError, f"sequence {i} has {len(s)} tokens, more than the context of {context}"
-            )
+        seqs, context = checked_sequences(self.config, sequences, batch_size), self.config.max_seq_len
         totals, counts, each = [], [], []
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start : start + batch_size]

@@ -50,16 +50,20 @@ class DecodeState:
     cache: KVCache
 
 
-def feed(logits_fn: LogitsFn, params, tokens, pad_len, cache: KVCache, mode: ForwardMode):
+def feed(logits_fn: LogitsFn, params, tokens, pad_len, cache: KVCache, mode: ForwardMode, last_only=False):
     """tokens [B, T] written at the cache's index (one for all rows, or [B] per row) of rows left-padded by
-    `pad_len` [B]: their logits [B, T, V] and the cache. The one place positions and masks are made for a pass."""
+    `pad_len` [B]: their logits [B, T, V] ([B, 1, V] with `last_only`) and the cache. The one place positions and
+    masks are made for a pass."""
     positions, mask = cached_positions_and_mask(cache.index, pad_len, tokens.shape[1], cache.length)
+    if last_only:
+        return logits_fn(params, tokens, positions, mask, cache, mode, last_only=True)
     return logits_fn(params, tokens, positions, mask, cache, mode)
 
 
 def prefill(logits_fn: LogitsFn, params, inputs: DecodeInputs, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    """Run the whole left-padded prompt [B, T] through the model; return the last column's logits [B, V]."""
-    logits, cache = feed(logits_fn, params, inputs.tokens, inputs.pad_len, cache, ForwardMode.PREFILL)
+    """Run the whole left-padded prompt [B, T] through the model; return the last column's logits [B, V] (the
+    head runs on that column only)."""
+    logits, cache = feed(logits_fn, params, inputs.tokens, inputs.pad_len, cache, ForwardMode.PREFILL, True)
     return logits[:, -1], cache
 
 

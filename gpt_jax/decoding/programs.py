@@ -16,7 +16,7 @@ from gpt_jax.decoding.speculation.proposer import MAX_PROPOSED
 from gpt_jax.decoding.scoring import sequence_log_likelihood
 from gpt_jax.model.config import ModelConfig
 from gpt_jax.model.kv_cache import KVCache, init_cache
-from gpt_jax.model.row_invariant import ForwardMode
+from gpt_jax.model.row_invariant import ForwardMode, check_arithmetic
 from gpt_jax.model.transformer import Transformer
 from gpt_jax.parallel.sharding import cache_spec
 
@@ -29,8 +29,11 @@ def cache_length(prompt_len: int, buffer: int) -> int:
 
 
 class CompiledPrograms:
-    def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh | None = None):
-        self.config, self.mesh = config, mesh
+    """`arithmetic`: "exact" (decode steps and verification passes row-invariant) or "fast" (every pass in XLA's
+    own sums and whole products); see row_invariant."""
+
+    def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh | None = None, arithmetic: str = "exact"):
+        self.config, self.mesh, self.arithmetic = config, mesh, check_arithmetic(arithmetic)
         self.model = Transformer(config)
         self.trace_count = 0
         self.generate = jax.jit(self._generate, static_argnames=("buffer", "top_logprobs"))
@@ -88,8 +91,10 @@ class CompiledPrograms:
     def _speculative_step(self, params, spec, inputs, extra, *, proposer):
         return speculative.step(self.logits_fn, params, spec, inputs, proposer, extra)
 
-    def logits_fn(self, params, tokens, positions, mask, cache, mode: ForwardMode):
-        return self.model.apply({"params": params}, tokens, positions, mask, cache, mode=mode)
+    def logits_fn(self, params, tokens, positions, mask, cache, mode: ForwardMode, last_only: bool = False):
+        if self.arithmetic == "fast":
+            mode = ForwardMode.PREFILL  # XLA's own arithmetic for every pass
+        return self.model.apply({"params": params}, tokens, positions, mask, cache, mode=mode, last_only=last_only)
 
     def new_cache(self, rows: int, length: int) -> KVCache:
         """An empty cache, its rows spread over the mesh (rows on data, kv heads on model) when there is one."""

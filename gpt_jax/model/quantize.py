@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.model.params import map_named
-from gpt_jax.model.row_invariant import at_least_two, rows_alike
+from gpt_jax.model.row_invariant import at_least_two, dense_tile, rows_alike
 
 
 @flax.struct.dataclass
@@ -66,6 +66,12 @@ def quantize_params(params: dict, inputs: dict[str, int], activations: bool = Fa
     return map_named(convert, params)
 
 
+def _tile(x: jax.Array, w_shape: tuple, in_axes: int):
+    """Rows per tile of x's product with a kernel of `w_shape` whose first `in_axes` axes are contracted, as a
+    function (rows_alike measures it only where it tiles)."""
+    return lambda: dense_tile(math.prod(w_shape[:in_axes]), math.prod(w_shape[in_axes:]), x.dtype)
+
+
 def contract(spec: str, x: jax.Array, w, out_dtype=None, *, invariant: bool = False) -> jax.Array:
     """einsum(spec, x, w) for a float kernel; for an `Int8Kernel` the same product from its int8 values.
     `invariant`: a decode step's or verification pass's product, in row tiles (row_invariant.rows_alike); x is then
@@ -74,10 +80,11 @@ def contract(spec: str, x: jax.Array, w, out_dtype=None, *, invariant: bool = Fa
     x contracts its last `w.in_axes` axes with w's first ones, and the output is x's other axes then w's others.
     """
     if not isinstance(w, Int8Kernel):
-        return rows_alike(lambda x: jnp.einsum(spec, x, w, preferred_element_type=out_dtype), x, invariant)
+        tile = _tile(x, w.shape, 1)
+        return rows_alike(lambda x: jnp.einsum(spec, x, w, preferred_element_type=out_dtype), x, invariant, tile)
     if not w.activations:
         product = lambda x: jnp.einsum(spec, x, w.q.astype(x.dtype), preferred_element_type=out_dtype)
-        y = rows_alike(product, x, invariant)
+        y = rows_alike(product, x, invariant, _tile(x, w.q.shape, w.in_axes))
         return y * w.scale.astype(y.dtype)
     lead = x.shape[: x.ndim - w.in_axes]
     single = math.prod(lead) == 1

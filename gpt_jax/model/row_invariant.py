@@ -13,18 +13,31 @@ than the matrix-matrix one; and that one switches kernels past 16 rows for some 
                every array it sits in (and over every padded key length). No reduce op either: XLA:CPU hands a
                reduce over 4096 elements or more to YNNPACK together with the elementwise ops around it, and
                YNNPACK's exp rounds otherwise than XLA's.
-  rows_alike   a decode step's or verification pass's products over tiles of 2 to ROW_TILE rows: a lone row is
-               paired with a zero row and more rows are multiplied ROW_TILE at a time.
-  tiled        the same tiling along any axis: attention's batched products, whose rows are query positions.
+  rows_alike   a decode step's or verification pass's products over tiles of 2 to `tile` rows: a lone row is
+               paired with a zero row and more rows are multiplied `tile` at a time. XLA:CPU's product kernel for
+               a few rows switches to another one at a row count that depends on the contracted width (measured:
+               after 16 rows at width 768, 9 at 896, 4 at 960, 2 at 992, 32 at 384 and 512, 48 at 256, not up to
+               2048 rows at widths 1024 to 4096), so each product shape's tile (2 to 256 rows) is measured once
+               per process (`dense_tile`) rather than fixed: as large as the kernels allow.
+               Past 2 * GROUP_TILES tiles the full groups of tiles run in a `lax.map` loop, GROUP_TILES
+               products unrolled in its body: the program stops growing with the batch.
+  tiled        the same tiling along any axis: attention's batched products, whose rows are query positions
+               (QUERY_TILE per tile; a row has at most 17 positions times the query heads per kv head).
 
 Which arithmetic a forward pass uses is said by its caller (`ForwardMode`), never guessed from a shape: a decode
 step (one position per row) and a speculative verification pass (k + 1 positions) are row-invariant; a prefill (a
 prompt, or a chunk of one, however short) keeps XLA's own sums and whole products, which compile faster: nothing
 else computes its rows to compare with.
 
+Which arithmetic a Generator uses is its `arithmetic` ("exact", the default, or "fast": every pass as a prefill,
+XLA's own sums and whole products, so a lone row takes the matrix-vector kernel and a large batch one product);
+generate, streams, speculation and the server all use the Generator's programs, so the choice cannot differ
+between them.
+
 tests/test_row_invariant.py measures the kernel classes this relies on for the model's shapes, and that a row's
 logits are bit-identical at any batch size and any number of positions. The price, measured on XLA:CPU: a batch-1
-decode step multiplies two rows instead of one (the matrix-vector kernel is faster; docs/BENCHMARKS.md).
+decode step multiplies two rows instead of one (the matrix-vector kernel is faster), and a batch of more than one
+tile reads each weight once per tile (docs/BENCHMARKS.md, `gpt-jax bench --invariance`).
 
 Axes: ... leading axes, N the summed axis; B batch, T positions, I a product's contracted axis.
 """
@@ -32,12 +45,21 @@ Axes: ... leading axes, N the summed axis; B batch, T positions, I a product's c
 from __future__ import annotations
 
 import enum
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-ROW_TILE = 16
+from gpt_jax.errors import InputError, check
+
+TILE_SIZES = (2, 3, 4, 6, 8, 9, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # the row counts a tile is tried at
+MAX_ROW_TILE = TILE_SIZES[-1]
+QUERY_TILE = 16  # attention's query positions per tile
+GROUP_TILES = 16  # tiles per iteration of the loop that large batches run in
+PROBE_COLUMNS = 512
+ARITHMETICS = ("exact", "fast")
 
 
 class ForwardMode(enum.Enum):
@@ -50,6 +72,16 @@ class ForwardMode(enum.Enum):
     @property
     def row_invariant(self) -> bool:
         return self is not ForwardMode.PREFILL
+
+
+def check_arithmetic(arithmetic) -> str:
+    """`arithmetic` if it names one of ARITHMETICS, else an InputError naming the allowed values."""
+    check(
+        arithmetic in ARITHMETICS,
+        InputError,
+        f"arithmetic must be one of {', '.join(map(repr, ARITHMETICS))}, got {arithmetic!r}",
+    )
+    return arithmetic
 
 
 def _pairwise(x: jax.Array, combine, fill: float, keepdims: bool) -> jax.Array:
@@ -93,25 +125,72 @@ def at_least_two(x: jax.Array, axis: int) -> jax.Array:
     return jnp.concatenate([x, jnp.zeros_like(x)], axis=axis) if x.shape[axis] == 1 else x
 
 
-def tiled(product, x: jax.Array, axis: int) -> jax.Array:
-    """product(x) with x's rows along `axis` multiplied in tiles of 2 to ROW_TILE (a lone row paired with a zero
-    row); product must keep that axis where it was."""
+@functools.cache
+def _measured_tile(backend: str, k: int, n: int, dtype: str, transposed: bool) -> int:
+    """The largest of TILE_SIZES up to which an [M, k] x [k, n] product (weight [n, k] where `transposed`) rounds
+    its first two rows as a two-row product does, at every size of TILE_SIZES below it: one compiled program of
+    those products, on made-up values, run once per shape and process. The kernels' switches are thresholds in
+    the row count (measured: one class of rows from 2 up to the switch), so the sizes in between are alike too;
+    tests/test_row_invariant.py checks every row count of the presets' shapes."""
+    cols = min(n, PROBE_COLUMNS)  # past a few hundred columns the kernel choice no longer changes (measured)
+    x = np.sin(np.arange(MAX_ROW_TILE * k, dtype=np.float32) * 0.7311).reshape(MAX_ROW_TILE, k)
+    w = np.cos(np.arange(k * cols, dtype=np.float32) * 0.1237).reshape((cols, k) if transposed else (k, cols)) * 0.05
+    spec = "MK,NK->MN" if transposed else "MK,KN->MN"  # the weight an argument in its own layout, like a parameter
+
+    def products(x, w):
+        return [jnp.einsum(spec, x[:m], w, preferred_element_type=jnp.float32)[:2] for m in TILE_SIZES]
+
+    with jax.ensure_compile_time_eval():
+        outs = [np.asarray(o) for o in jax.jit(products)(x.astype(dtype), w.astype(dtype))]
+    tile = 2
+    for m, out in zip(TILE_SIZES, outs):
+        if not np.array_equal(out, outs[0]):
+            break
+        tile = m
+    return tile
+
+
+def dense_tile(k: int, n: int, dtype, transposed: bool = False) -> int:
+    """Rows per tile of a decode product [M, k] x [k, n] on the default backend (see _measured_tile)."""
+    return _measured_tile(jax.default_backend(), k, n, jnp.dtype(dtype).name, transposed)
+
+
+def _loop_over_groups(product, x: jax.Array, tile: int) -> jax.Array:
+    """product(x) for x [G*GROUP_TILES*tile, ...]: a loop over groups of GROUP_TILES tiles, unrolled within a
+    group, so the program holds GROUP_TILES products whatever the row count."""
+    groups = x.reshape(-1, GROUP_TILES, tile, *x.shape[1:])
+    out = jax.lax.map(lambda group: jnp.stack([product(t) for t in group]), groups)
+    return out.reshape(-1, *out.shape[3:])
+
+
+def tiled(product, x: jax.Array, axis: int, tile: int = QUERY_TILE) -> jax.Array:
+    """product(x) with x's rows along `axis` multiplied in tiles of 2 to `tile` rows (a lone row paired with a zero
+    row); product must keep that axis where it was. Past 2 * GROUP_TILES tiles (rows along axis 0 only) the full
+    groups of tiles run in a loop (_loop_over_groups), so the program stops growing with the batch."""
     n = x.shape[axis]
-    if 2 <= n <= ROW_TILE:
+    if 2 <= n <= tile:
         return product(x)
-    tiles = []
-    for start in range(0, n, ROW_TILE):
-        size = min(ROW_TILE, n - start)
-        out = product(at_least_two(jax.lax.slice_in_dim(x, start, start + size, axis=axis), axis))
-        tiles.append(jax.lax.slice_in_dim(out, 0, size, axis=axis))
-    return tiles[0] if len(tiles) == 1 else jnp.concatenate(tiles, axis=axis)
+    pieces, start = [], 0
+    looped = (n // (GROUP_TILES * tile)) * GROUP_TILES * tile if axis == 0 and n >= 2 * GROUP_TILES * tile else 0
+    if looped:
+        pieces.append(_loop_over_groups(product, x[:looped], tile))
+        start = looped
+    for first in range(start, n, tile):
+        size = min(tile, n - first)
+        out = product(at_least_two(jax.lax.slice_in_dim(x, first, first + size, axis=axis), axis))
+        pieces.append(jax.lax.slice_in_dim(out, 0, size, axis=axis))
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=axis)
 
 
-def rows_alike(product, x: jax.Array, invariant: bool) -> jax.Array:
+def rows_alike(product, x: jax.Array, invariant: bool, tile=QUERY_TILE) -> jax.Array:
     """product(x) for x [B, T, ..., I] (I contracted). Where `invariant`, its B*T rows are multiplied in tiles of 2
-    to ROW_TILE rows, so each row meets the same kernel whatever the row count; otherwise x is multiplied whole."""
+    to `tile` rows, so each row meets the same kernel whatever the row count; otherwise x is multiplied whole.
+    `tile` may be a function giving it, called only where there are more than two rows (a lone row's decode step
+    measures nothing)."""
     if not invariant:
         return product(x)
     flat = x.reshape(x.shape[0] * x.shape[1], 1, *x.shape[2:])
-    out = tiled(product, flat, 0)
+    if callable(tile):
+        tile = tile() if flat.shape[0] > 2 else 2
+    out = tiled(product, flat, 0, tile)
     return out.reshape(*x.shape[:2], *out.shape[2:])

@@ -38,7 +38,7 @@ from gpt_jax.model.layers import (
 from gpt_jax.model.moe import SparseMoE
 from gpt_jax.model.params import flatten
 from gpt_jax.model.quantize import contract
-from gpt_jax.model.row_invariant import ForwardMode, rows_alike
+from gpt_jax.model.row_invariant import ForwardMode, dense_tile, rows_alike
 
 
 class Block(nn.Module):
@@ -76,10 +76,13 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         *,
         mode: ForwardMode,
+        last_only: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions: [B, T] int32; mask: [B, T, S] bool (S = T without a cache); mode: what this pass is.
 
-        Returns fp32 logits [B, T, V] and the cache with the T new keys/values written and its index advanced.
+        Returns fp32 logits [B, T, V] ([B, 1, V] for the last position only, with `last_only`: a prompt's prefill
+        needs no more, and a batch of prompts' logits at every position can take gigabytes) and the cache with the T
+        new keys/values written and its index advanced.
         """
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         embedding = weight(self, "embed", init_weight, (cfg.vocab_size, cfg.d_model), dtype, (VOCAB, EMBED))  # [V, D]
@@ -95,9 +98,12 @@ class Transformer(nn.Module):
             layer_mask = windowed if cfg.is_sliding(layer) else mask
             x, cache = Block(cfg, layer, name=f"layer_{layer}")(x, positions, layer_mask, cache, mode)
         x = Norm(cfg, name="final_norm")(x, mode)
+        if last_only:
+            x = x[:, -1:]
         if cfg.tie_embeddings:
             head = lambda x: jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
-            logits = rows_alike(head, x, mode.row_invariant)
+            tile = lambda: dense_tile(*embedding.shape[::-1], x.dtype, transposed=True)
+            logits = rows_alike(head, x, mode.row_invariant, tile)
         else:
             head = weight(self, "lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype, (EMBED, VOCAB), 1)
             logits = contract("BTD,DV->BTV", x, head, jnp.float32, invariant=mode.row_invariant)

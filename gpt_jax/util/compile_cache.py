@@ -41,5 +41,5 @@ def enable_compile_cache(directory: str | os.PathLike | None = None) -> Path | N
         print(f"gpt-jax: warning: compile cache disabled ({path}: {e.strerror})", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # the decode programs take seconds
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # decode programs and tile probes
     return path
