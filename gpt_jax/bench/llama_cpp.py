@@ -35,16 +35,20 @@ runpy.run_path(root + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 
-def add_stand_in_tokenizer(directory: Path) -> None:
-    """Tokenizer files the converter can read, for a checkpoint that has none (see the module's text)."""
+def prepare_for_converter(directory: Path) -> None:
+    """Tokenizer files the converter can read, for a checkpoint that has none (see the module's text), and for
+    GPT-2 the context under the older name the converter reads (n_ctx)."""
     config = json.loads((directory / "config.json").read_text())
     if config.get("model_type") == "gpt2":
+        (directory / "config.json").write_text(json.dumps({"n_ctx": config["n_positions"], **config}))
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        size = min(300, config["vocab_size"])  # the converter pads a smaller vocabulary, never cuts a larger one
+        alphabet = pre_tokenizers.ByteLevel.alphabet() if size >= 300 else []
+        trainer = trainers.BpeTrainer(vocab_size=size, initial_alphabet=alphabet)
         tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 4, trainer)
         tok.save(str(directory / "tokenizer.json"))
         fields = {"tokenizer_class": "GPT2TokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
@@ -63,7 +67,7 @@ class LlamaCppEngine:
         for path in (self.root / "convert_hf_to_gguf.py", self.binary):
             if not path.is_file():
                 raise InputError(f"--llama-cpp {root}: {path} not found (a llama.cpp tree built with CMake)")
-        add_stand_in_tokenizer(directory)
+        prepare_for_converter(directory)
         self.gguf = directory / "model.gguf"
         outtype = {"float32": "f32", "bfloat16": "bf16"}[dtype]
         argv = [sys.executable, "-c", CONVERT, str(self.root), str(directory), str(self.gguf), outtype]
@@ -75,9 +79,11 @@ class LlamaCppEngine:
     def run(self, prompts, new_tokens, mode) -> float:
         """Seconds of prefill plus decode of len(prompts) parallel sequences, as llama-batched-bench times them."""
         batch, prompt_len = len(prompts), max(map(len, prompts))
-        context = batch * (prompt_len + new_tokens) + 16
-        argv = [str(self.binary), "-m", str(self.gguf), "-c", str(context), "-t", str(self.threads), "-ngl", "0"]
-        argv += ["-npp", str(prompt_len), "-ntg", str(new_tokens), "-npl", str(batch), "--output-format", "jsonl"]
+        context = max(512, batch * (prompt_len + new_tokens) + 16)
+        argv = [str(self.binary), "-m", str(self.gguf), "-c", str(context), "-t", str(self.threads)]
+        # the batch twice: this build prints no row for the first configuration of a run (measured), so the second,
+        # warm one is read
+        argv += ["-npp", str(prompt_len), "-ntg", str(new_tokens), "-npl", f"{batch},{batch}", "--output-format", "jsonl"]
         done = subprocess.run(argv, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{") and '"speed_tg"' in line]
         if done.returncode or not lines:
