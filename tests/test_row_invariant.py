@@ -109,6 +109,16 @@ def prefilled(gen, prompt, rows, length=96):
     return jax.tree.map(lambda a: jnp.concatenate([a] * rows, axis=0) if a.ndim else a, cache)  # [B*K, ...] rows
 
 
+def decode_chain(gen, prompt, fed, steps):
+    """Row 0's logits of plain decoding at batch 1, one token of fed[0] per pass: [steps, V]."""
+    chain, cache, pad = [], prefilled(gen, prompt, 1), jnp.zeros((1,), jnp.int32)
+    for j in range(steps):
+        token = jnp.asarray(fed[:1, j : j + 1])
+        logits, cache = feed(gen.programs.logits_fn, gen.params, token, pad, cache, ForwardMode.DECODE)
+        chain.append(np.asarray(logits)[0, 0])
+    return chain
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["gpt2-small", "llama-small"])
 def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_count(preset):
@@ -116,13 +126,7 @@ def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_co
     gen = gpt_jax.Generator.from_config(config, key=1)
     prompt = RNG.integers(3, 1000, 24).tolist()
     fed = RNG.integers(3, 1000, (2048, 17)).astype(np.int32)  # row 0: the token after the prompt, 16 proposals
-    chain = []  # plain decoding, one token per pass at batch 1
-    cache = prefilled(gen, prompt, 1)
-    pad = jnp.zeros((1,), jnp.int32)
-    for j in range(17):
-        token = jnp.asarray(fed[:1, j : j + 1])
-        logits, cache = feed(gen.programs.logits_fn, gen.params, token, pad, cache, ForwardMode.DECODE)
-        chain.append(np.asarray(logits)[0, 0])
+    chain = decode_chain(gen, prompt, fed, 17)
     for rows in (5, 20, 256, 2048):  # batch-mates fed other tokens
         assert np.array_equal(
             decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :1]), 24)[0, 0], chain[0]
@@ -131,6 +135,30 @@ def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_co
         wide = decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :width]), 24)
         for j in range(width):
             assert np.array_equal(wide[0, j], chain[j]), (rows, width, j)
+
+
+VARIANTS = {  # the experts layer (k = 3: the order its chosen experts are summed in matters) and int8
+    "experts": lambda gen: gen,
+    "int8": lambda gen: gen.quantize_int8(),
+    "int8 activations": lambda gen: gen.quantize_int8(activations=True),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_experts_and_int8_keep_a_rows_decode_logits_at_any_batch_size_and_position_count(variant):
+    config = dataclasses.replace(PRESETS["llama-small"], n_layers=1, mlp_dim=512)
+    if variant == "experts":
+        config = dataclasses.replace(config, n_experts=8, experts_per_token=3)
+    gen = VARIANTS[variant](gpt_jax.Generator.from_config(config, key=2))
+    prompt = RNG.integers(3, 1000, 20).tolist()
+    fed = RNG.integers(3, 1000, (256, 5)).astype(np.int32)
+    chain = decode_chain(gen, prompt, fed, 5)
+    for rows in (2, 5, 20, 256):  # rows * 3 chosen experts below and above the 8 experts: both paths
+        assert np.array_equal(decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :1]), 20)[0, 0], chain[0]), rows
+    for rows in (1, 6):  # a k = 4 verification pass
+        wide = decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :5]), 20)
+        assert [j for j in range(5) if not np.array_equal(wide[0, j], chain[j])] == [], rows
 
 
 @pytest.mark.slow

@@ -8,6 +8,10 @@ where the step is bandwidth-bound and the backend multiplies int8 directly. Two 
       token), y = int32(x_q @ q) * x_scale * scale. On XLA:CPU this is the only int8 form that runs faster than
       fp32: the integer product is a native int8 kernel, while weight-only converts the kernel before the product.
       XLA:CPU multiplies a single row slowly in int8, so a lone token is paired with a zero row.
+      It is row-invariant without tiles: the integer product sums exactly in int32 whatever the kernel, a token's
+      scale is a maximum (exact in any order) and the rest is elementwise.
+
+Weight-only products are tiled like float ones in a decode step or verification pass (`invariant`).
 
 Embeddings and norms stay as they are (the embedding is a gather; a tied head reads it as a matrix).
 """
