@@ -20,9 +20,11 @@ MAY_IMPORT = {  # the README's architecture table: each room and the rooms it ma
     "serving": {"errors", "util", "text", "model", "parallel", "decoding"},
     "training": {"errors", "util", "text", "model", "parallel", "decoding", "checkpoints"},
     "api": {"errors", "util", "text", "model", "parallel", "decoding", "checkpoints"},
-    "bench": {"errors", "util", "text", "model", "parallel", "decoding", "checkpoints", "serving", "training", "api"},
+    "jobs": {"errors", "util", "text", "model", "parallel", "decoding", "checkpoints", "serving", "api"},
+    "bench": {"errors", "util", "text", "model", "parallel", "decoding", "checkpoints", "serving", "training", "api",
+              "jobs"},
     "cli": {"errors", "util", "text", "model", "parallel", "decoding", "checkpoints", "serving", "training", "api",
-            "bench"},
+            "jobs", "bench"},
 }
 FOLDERS = sorted(room for room in MAY_IMPORT if (PACKAGE / room).is_dir())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 
@@ -22,6 +23,7 @@ from gpt_jax.bench import models as bench_models
 from gpt_jax.bench import serving as bench_serving
 from gpt_jax.bench import speculative as bench_speculative
 from gpt_jax.checkpoints import checkpoint
+from gpt_jax.jobs import batch_file
 from gpt_jax.cli.parser import build_parser
 from gpt_jax.model.presets import LLAMA_TINY
 
@@ -82,6 +84,7 @@ BASE = {  # the command's positionals and enough flags for a quick run; the draw
     "train": ["train", "{corpus}", "--out", "{tmp}/run", "--preset", "llama-tiny", "--steps", "2", "--batch-size",
               "2", "--seq-len", "32", "--eval-windows", "2"],
     "serve": ["serve", "--model", "{model}", "--port", "0", "--slots", "2"],
+    "batch": ["batch", "{batch_input}", "--output", "{tmp}/results.jsonl", "--model", "{model}", "--slots", "2"],
     "bench": ["bench", "--shapes", "llama-tiny", "--out", "{tmp}/bench.json"],
     "bench --speculative": ["bench", "--speculative", "--shapes", "llama-tiny", "--out", "{tmp}/spec.json"],
     "bench --invariance": ["bench", "--invariance", "--shape", "llama-tiny", "--out", "{tmp}/invariance.json"],
@@ -102,7 +105,10 @@ def places(small_tokenizer, tmp_path_factory, corpus_slice):
     chat_model = checkpoint.save(g, root / "chat_model")
     small = root / "small.txt"
     small.write_text(corpus_slice.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    return {"model": str(model), "chat_model": str(chat_model), "corpus": str(small)}
+    batch_input = root / "batch.jsonl"
+    request = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"model": "model", "prompt": "x"}}
+    batch_input.write_text(json.dumps(request) + "\n")
+    return {"model": str(model), "chat_model": str(chat_model), "corpus": str(small), "batch_input": str(batch_input)}
 
 
 def install_stand_ins(monkeypatch) -> list[str]:
@@ -134,6 +140,11 @@ def install_stand_ins(monkeypatch) -> list[str]:
     for part in ("ceiling", "lookup", "draft"):
         monkeypatch.setattr(bench_speculative, part, mark(part, {}))
     monkeypatch.setattr(bench_serving, "run", mark("bench-serve", 0))
+
+    async def no_lines(*args, **kwargs):
+        reached.append("batch")
+
+    monkeypatch.setattr(batch_file, "run_lines", no_lines)
     monkeypatch.setattr(bench_invariance, "measure", mark("bench --invariance", {"batch": 1, "arithmetic": "exact"}))
     monkeypatch.setattr(bench_invariance, "identity", mark("identity", {}))
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # chat: the conversation ends at once

@@ -74,7 +74,6 @@ class LlamaCppEngine:
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode:
             raise InputError(f"llama.cpp's converter failed: {done.stderr.strip().splitlines()[-1:]}")
-        self.weight_bytes = self.gguf.stat().st_size
 
     def run(self, prompts, new_tokens, mode) -> float:
         """Seconds of prefill plus decode of len(prompts) parallel sequences, as llama-batched-bench times them."""

@@ -31,11 +31,13 @@ from gpt_jax.util.output_files import check_output_file, write_text_atomically
 SHAPES = ("gpt2-small", "llama-small", "llama-1b", "gpt2-tiny", "llama-tiny")  # presets; random weights, one per run
 
 
-def weight_bytes(params) -> int:
-    """Bytes a decode step reads for the weights: every parameter once."""
+def weight_bytes(params, tied: bool) -> int:
+    """Bytes a decode step reads for the weights: every parameter once, but the tables it gathers one row of (the
+    token embedding where the head is not tied to it, GPT-2's position embedding)."""
     import jax  # imported late, as everywhere here: the thread settings must come first
 
-    return sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
+    gathered = {"pos_embed"} | (set() if tied else {"embed"})
+    return sum(x.nbytes for name, tree in params.items() if name not in gathered for x in jax.tree.leaves(tree))
 
 
 def read_bandwidth_gbs(size_bytes: int = 1 << 29, threads: int | None = None) -> tuple[float, dict[str, float]]:
@@ -90,7 +92,7 @@ class JaxEngine:
             self.gen, self.name = self.gen.quantize_int8(), "gpt_jax_int8"
         elif int8 == "dynamic":
             self.gen, self.name = self.gen.quantize_int8(activations=True), "gpt_jax_w8a8"
-        self.weight_bytes = weight_bytes(self.gen.params)
+        self.weight_bytes = weight_bytes(self.gen.params, self.gen.config.tie_embeddings)
 
     def run(self, prompts, new_tokens, mode):
         kw = dict(temperature=0.0) if mode == "greedy" else dict(temperature=1.0, top_p=0.95)

@@ -73,7 +73,7 @@ def ceiling(args, bandwidth: float) -> list[dict]:
     rows = []
     for shape in args.shapes:
         gen = gpt_jax.Generator.from_config(PRESETS[shape], key=0)
-        roofline_per_row = bandwidth * 1e9 / weight_bytes(gen.params)
+        roofline_per_row = bandwidth * 1e9 / weight_bytes(gen.params, gen.config.tie_embeddings)
         rng = np.random.default_rng(0)
         for batch in args.batches:
             prompts = [rng.integers(3, min(1000, gen.config.vocab_size), 32).tolist() for _ in range(batch)]

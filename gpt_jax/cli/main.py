@@ -133,10 +133,31 @@ def _serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
     gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
-    name = args.served_model_name or (Path(args.model).resolve().name if args.model else "shakespeare")
+    name = _model_name(args)
     options = {"slots": args.slots, "max_queue": args.max_queue, "max_len": args.max_len, "chunk": args.chunk}
     serve(gen, name, args.host, args.port, steps_per_dispatch=args.steps_per_dispatch, **options)
     return 0
+
+
+def _batch(args) -> int:
+    import gpt_jax
+
+    try:
+        from gpt_jax.jobs.batch_file import run_batch
+    except ImportError as e:
+        raise InputError(
+            f"gpt-jax batch needs the serve extra ({e.name} is missing): pip install 'gpt-jax[serve]'"
+        ) from None
+    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
+    options = {"slots": args.slots, "max_len": args.max_len, "chunk": args.chunk}
+    progress = run_batch(gen, args.input, args.output, _model_name(args), args.concurrency, **options)
+    print(progress.summary(), file=sys.stderr)
+    return 0
+
+
+def _model_name(args) -> str:
+    """The model's name in request bodies: --served-model-name, else the model directory's name."""
+    return args.served_model_name or (Path(args.model).resolve().name if args.model else "shakespeare")
 
 
 def _print_texts(prompts, result, as_json: bool) -> None:
@@ -240,7 +261,14 @@ def _run(argv: list[str]) -> int:
         explicit = build_parser(defaults=argparse.SUPPRESS)[1][args.command]  # flags without defaults: only the given
         args.given = set(vars(explicit.parse_known_args(argv[1:])[0]))
     enable_compile_cache()  # a later run of the same shapes skips compilation (GPT_JAX_COMPILE_CACHE=off: never)
-    commands = {"generate": _generate, "train": _train, "score": _score, "chat": _chat, "serve": _serve}
+    commands = {
+        "generate": _generate,
+        "train": _train,
+        "score": _score,
+        "chat": _chat,
+        "serve": _serve,
+        "batch": _batch,
+    }
     return commands[args.command](args)
 
 

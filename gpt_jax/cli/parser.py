@@ -100,4 +100,18 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     v.add_argument("--steps-per-dispatch", type=positive_int, default=4, help="decode steps per device call")
     v.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
     add_arithmetic_flag(v)
-    return p, {"generate": g, "train": t, "score": s, "chat": c, "serve": v}
+    b = sub.add_parser(
+        "batch",
+        help="run a file of OpenAI Batch API requests (JSONL) through the server's engine, resumable (extra: serve)",
+    )
+    b.add_argument("input", metavar="INPUT", help="JSONL: {custom_id, method, url, body} a line")
+    b.add_argument("--output", required=True, help="JSONL results; run again to resume what it lacks")
+    b.add_argument("--model", default=None, help="model directory (default: the bundled Shakespeare model)")
+    b.add_argument("--served-model-name", default=None, help="the model name bodies give (default: directory name)")
+    b.add_argument("--slots", type=positive_int, default=8, help="sequences decoded together")
+    b.add_argument("--concurrency", type=positive_int, default=None, help="requests in flight (default: 4 x slots)")
+    b.add_argument("--max-len", type=positive_int, default=None, help="prompt + output tokens per slot")
+    b.add_argument("--chunk", type=positive_int, default=256, help="prompt tokens prefilled between decode steps")
+    b.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
+    add_arithmetic_flag(b)
+    return p, {"generate": g, "train": t, "score": s, "chat": c, "serve": v, "batch": b}
