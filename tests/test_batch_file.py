@@ -4,6 +4,7 @@ kill, each line once; bounded memory for a large file."""
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import os
 import random
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from gpt_jax.errors import InputError
-from gpt_jax.jobs.batch_file import finished_keys, run_batch, survey
+from gpt_jax.jobs.batch_file import Progress, finished_keys, run_batch, survey
 
 WORDS = "ROMEO JULIET the king of night and day my lord what is love".split()
 
@@ -221,3 +222,27 @@ def test_a_100000_line_file_runs_in_memory_that_does_not_grow_with_it(tmp_path):
     file_mb = os.path.getsize(tmp_path / "in100000.jsonl") / 2**20
     print(f"peak resident memory: {peaks} MB; the large file {file_mb:.0f} MB")
     assert peaks[100_000] - peaks[1_000] < 48 < file_mb / 2  # the custom_ids' set, not the bodies
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_shows_done_total_rate_and_eta_on_a_terminal_and_a_summary_at_the_end():
+    screen = Terminal()
+    progress = Progress(total=10, skipped=2, stream=screen)
+    progress.start -= 4.0  # four seconds in
+    for _ in range(4):
+        progress.shown -= 1.0
+        progress.add(tokens=50, error=False)
+    line = screen.getvalue().split("\r")[-1]
+    assert line.startswith("[") and "6/10" in line and " tok/s" in line and "ETA" in line
+    eta = float(line.split("ETA ")[1].split(" s")[0])
+    assert 3.0 <= eta <= 5.0  # 4 left at about a second each
+    progress.add(tokens=0, error=True)
+    summary = progress.summary()
+    assert summary.startswith("gpt-jax batch: 5 requests (1 error, 2 already done), 200 tokens in ")
+    quiet = io.StringIO()
+    Progress(total=3, skipped=0, stream=quiet).add(tokens=1, error=False)
+    assert quiet.getvalue() == ""  # no bar where the output is not a terminal

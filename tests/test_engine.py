@@ -150,3 +150,28 @@ def test_requests_the_slots_cannot_hold_are_refused_before_they_queue(bundled):
             engine.prepare([5, 6], gpt_jax.GenerationSettings(n=3))
     finally:
         engine.close()
+
+
+def test_a_slots_tokens_do_not_depend_on_the_attended_bucket_or_the_other_slots():
+    """A dispatch attends to the smallest bucket (256 * 2**i positions) that holds every live slot: a short request
+    alone is decoded over 256 positions, beside a 700-token prompt over 1024, with a 4096-position slot both
+    times; its tokens and log-probabilities are the same bits, and those of `generate_ids` alone."""
+    from gpt_jax.model.presets import PRESETS
+    from gpt_jax.serving import slots
+
+    assert [slots.attend_bucket(r, 4096) for r in (1, 256, 257, 700, 1100, 3000)] == [256, 256, 512, 1024, 4096, 4096]
+    config = PRESETS["llama-tiny"].replace(vocab_size=300, max_seq_len=4096, d_model=64, n_heads=4, n_kv_heads=2)
+    gen = gpt_jax.Generator.from_config(config, key=5)
+    rng = np.random.default_rng(1)
+    short = (rng.integers(3, 300, 20).tolist(), {"max_new_tokens": 40, "temperature": 0.9, "seed": 7})
+    long = (rng.integers(3, 300, 700).tolist(), {"max_new_tokens": 30, "temperature": 0.9, "seed": 8})
+    engine = Engine(gen, slots_count=4, max_len=4096, chunk=256, steps_per_dispatch=4)
+    try:
+        alone = run_requests(engine, [short])[0]
+        together = run_requests(engine, [long, short, long])[1]
+        assert engine.compiled_decode_programs >= 2  # the buckets were used: more than one program
+    finally:
+        engine.close()
+    assert alone["tokens"] == together["tokens"] and alone["logprobs"] == together["logprobs"]
+    want = gen.generate_ids([short[0]], **short[1])
+    assert alone["tokens"] == want.token_ids and np.allclose(alone["logprobs"][0], want.logprobs[0], atol=1e-5)

@@ -137,6 +137,23 @@ def test_a_rows_decode_logits_are_the_same_at_any_batch_size_and_any_position_co
             assert np.array_equal(wide[0, j], chain[j]), (rows, width, j)
 
 
+@pytest.mark.parametrize("preset", ["llama-small", "gpt2-small"])
+def test_a_rows_decode_logits_do_not_depend_on_the_cache_length(preset):
+    """The cache's length (a generate call's prompt bucket plus its budget; a serving dispatch's attended bucket)
+    only adds masked slots: XLA:CPU's query-key product switches kernels past 512 key columns (measured, with more
+    than one query row: grouped-query attention, or a verification pass), so keys are multiplied in blocks."""
+    config = dataclasses.replace(PRESETS[preset], n_layers=1, max_seq_len=2600)
+    gen = gpt_jax.Generator.from_config(config, key=3)
+    prompt = RNG.integers(3, 1000, 40).tolist()
+    fed = jnp.asarray(RNG.integers(3, 1000, (3, 5)).astype(np.int32))
+    steps, passes = {}, {}
+    for length in (96, 600, 2600):  # one product; one block and a part; five blocks in the loop and a part
+        steps[length] = decode_logits(gen, prefilled(gen, prompt, 3, length), fed[:, :1], 40)
+        passes[length] = decode_logits(gen, prefilled(gen, prompt, 3, length), fed, 40)
+    assert [n for n in steps if not np.array_equal(steps[n], steps[96])] == []
+    assert [n for n in passes if not np.array_equal(passes[n], passes[96])] == []
+
+
 VARIANTS = {  # the experts layer (k = 3: the order its chosen experts are summed in matters) and int8
     "experts": lambda gen: gen,
     "int8": lambda gen: gen.quantize_int8(),

@@ -178,7 +178,8 @@ class Progress:
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
         skipped = f", {self.skipped} already done" if self.skipped else ""
         return (
-            f"gpt-jax batch: {self.done} requests ({self.errors} errors{skipped}), {self.tokens:,} tokens in "
+            f"gpt-jax batch: {self.done} requests ({self.errors} error{'' if self.errors == 1 else 's'}{skipped}), "
+            f"{self.tokens:,} tokens in "
             f"{elapsed:.1f} s ({rate:,.0f} tok/s)"
         )
 

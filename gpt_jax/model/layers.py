@@ -21,7 +21,7 @@ from gpt_jax.model.kv_cache import cache_layout
 from gpt_jax.model.numerics import MASK_VALUE
 from gpt_jax.model.quantize import Int8Kernel, contract
 from gpt_jax.model.rope import dynamic_frequencies, inverse_frequencies
-from gpt_jax.model.row_invariant import ForwardMode, last_axis_mean, softmax, tiled
+from gpt_jax.model.row_invariant import ForwardMode, key_blocks, last_axis_mean, softmax, tiled
 
 init_weight = nn.initializers.normal(0.02)
 # Logical axis names of the weights: sharding maps them onto mesh axes (sharding.RULES).
@@ -166,7 +166,11 @@ class Attention(nn.Module):
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
         tile = lambda product, x: tiled(product, x, 1) if invariant else product(x)  # queries in tiles, or whole
-        scores = tile(lambda q: jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32), q)
+        product = lambda q, key: jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32)
+        if invariant:  # query tiles of key blocks: each product's shape is one of a few, whatever B, T and S
+            scores = tiled(lambda q: key_blocks(lambda key: product(q, key), key), q, 1)
+        else:
+            scores = product(q, key)
         scores = softcap(scores / math.sqrt(cfg.attn_scalar or h), cfg.attn_softcap)
         scores = scores.reshape(b, k, g, t, -1)  # [B, K, G, T, S]
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)

@@ -23,6 +23,12 @@ than the matrix-matrix one; and that one switches kernels past 16 rows for some 
                products unrolled in its body: the program stops growing with the batch.
   tiled        the same tiling along any axis: attention's batched products, whose rows are query positions
                (QUERY_TILE per tile; a row has at most 17 positions times the query heads per kv head).
+  key_blocks   the query-key product over KEY_BLOCK key slots at a time: with two or more query rows XLA:CPU
+               switches kernels past 512 key columns (measured), so a longer cache (a generate call with a larger
+               budget, a serving dispatch over a larger bucket) would change a row's scores; in blocks it only adds
+               blocks, whose masked scores become exact zeros after the softmax. The probabilities-values product
+               contracts over the slots and is not blocked: its trailing zero probabilities add exact zeros
+               (measured up to 8192 slots; tests/test_row_invariant.py).
 
 Which arithmetic a forward pass uses is said by its caller (`ForwardMode`), never guessed from a shape: a decode
 step (one position per row) and a speculative verification pass (k + 1 positions) are row-invariant; a prefill (a
@@ -57,6 +63,8 @@ from gpt_jax.errors import InputError, check
 TILE_SIZES = (2, 3, 4, 6, 8, 9, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # the row counts a tile is tried at
 MAX_ROW_TILE = TILE_SIZES[-1]
 QUERY_TILE = 16  # attention's query positions per tile
+KEY_BLOCK = 512  # attention's key slots per query-key product (XLA:CPU switches kernels past 512 columns)
+UNROLLED_BLOCKS = 4  # more key blocks than this run in a loop
 GROUP_TILES = 16  # tiles per iteration of the loop that large batches run in
 PROBE_COLUMNS = 512
 ARITHMETICS = ("exact", "fast")
@@ -180,6 +188,25 @@ def tiled(product, x: jax.Array, axis: int, tile: int = QUERY_TILE) -> jax.Array
         out = product(at_least_two(jax.lax.slice_in_dim(x, first, first + size, axis=axis), axis))
         pieces.append(jax.lax.slice_in_dim(out, 0, size, axis=axis))
     return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=axis)
+
+
+def key_blocks(product, keys: jax.Array, block: int = KEY_BLOCK) -> jax.Array:
+    """product(keys) for keys [..., S] (key slots last) computed over KEY_BLOCK slots at a time and concatenated
+    on the output's last axis, so every product has at most `block` columns whatever the cache's length (a longer
+    cache only adds blocks). Past UNROLLED_BLOCKS full blocks they run in a loop (a dynamic slice per block)."""
+    n = keys.shape[-1]
+    if n <= block:
+        return product(keys)
+    full, pieces = n // block, []
+    if full > UNROLLED_BLOCKS:
+        one = lambda i: product(jax.lax.dynamic_slice_in_dim(keys, i * block, block, axis=keys.ndim - 1))
+        looped = jax.lax.map(one, jnp.arange(full))  # [nb, ..., block]
+        pieces.append(jnp.moveaxis(looped, 0, -2).reshape(*looped.shape[1:-1], full * block))
+    else:
+        pieces += [product(jax.lax.slice_in_dim(keys, i * block, (i + 1) * block, axis=-1)) for i in range(full)]
+    if n % block:
+        pieces.append(product(jax.lax.slice_in_dim(keys, full * block, n, axis=-1)))
+    return jnp.concatenate(pieces, axis=-1)
 
 
 def rows_alike(product, x: jax.Array, invariant: bool, tile=QUERY_TILE) -> jax.Array:

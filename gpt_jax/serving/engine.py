@@ -63,6 +63,7 @@ class Engine:
         self.programs = slot_programs(gen, slots_count, self.max_len)
         self._state = self.programs.empty()
         self._owners: list[tuple[Request, int] | None] = [None] * slots_count
+        self._reach = np.zeros(slots_count, np.int64)  # an upper bound of each slot's cache index
         self._queue: collections.deque[Request] = collections.deque()
         self._prefilling: Prefill | None = None
         self._releases: set[int] = set()
@@ -231,6 +232,7 @@ class Engine:
         joined_running = self.busy > 0
         for row in range(request.rows):
             b = free[row]
+            self._reach[b] = inputs.tokens.shape[1] - int(inputs.pad_len[0])
             self._state = self.programs.insert(
                 self._state,
                 np.int32(b),
@@ -262,9 +264,18 @@ class Engine:
             return None
         k = ALTERNATIVES if any(o is not None and o[0].prep.top_logprobs for o in owners) else 0
         self.observer.on_dispatch(busy, queued)
+        steps = self.steps_per_dispatch
+        live = np.asarray([o is not None for o in owners])
+        reach = int((self._reach[live] + steps).max()) if live.any() else 1
+        self._reach[live] = np.minimum(self._reach[live] + steps, self.max_len)
         try:
             self._state, out = self.programs.decode(
-                self.gen.params, self._state, release, steps=self.steps_per_dispatch, top_logprobs=k
+                self.gen.params,
+                self._state,
+                release,
+                steps=steps,
+                top_logprobs=k,
+                attend=slots.attend_bucket(reach, self.max_len),
             )
         except Exception as error:  # noqa: BLE001 - every running request hears of it; the engine starts afresh
             self._fail_all(owners, error)

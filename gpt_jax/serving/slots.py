@@ -27,6 +27,9 @@ from gpt_jax.decoding.sampling import SamplingParams, sanitize
 from gpt_jax.model.kv_cache import KVCache
 from gpt_jax.model.row_invariant import ForwardMode
 
+MIN_ATTEND = 256  # the smallest number of positions a decode dispatch attends to
+VIEW_FRACTION = 4  # a bucket is used when it is at most 1 / VIEW_FRACTION of the slots' length
+
 
 @flax.struct.dataclass
 class SlotState:
@@ -72,13 +75,13 @@ class SlotPrograms:
         self.new_cache = jax.jit(new_cache, static_argnums=(0, 1))
         self.prefill = jax.jit(partial(prefill_chunk, logits_fn), static_argnames=("prompt_top",), donate_argnums=(3,))
         self.insert = jax.jit(insert, donate_argnums=(0,))
-        self.decode = jax.jit(self._decode, static_argnames=("steps", "top_logprobs"), donate_argnums=(1,))
+        self.decode = jax.jit(self._decode, static_argnames=("steps", "top_logprobs", "attend"), donate_argnums=(1,))
         self.free_all = jax.jit(free_all, donate_argnums=(0,))
         self.empty = jax.jit(lambda: empty_state(new_cache(b, length), b, vocab, eos_ids, pad_id))
 
-    def _decode(self, params, state, release, *, steps: int, top_logprobs: int):
+    def _decode(self, params, state, release, *, steps: int, top_logprobs: int, attend: int | None = None):
         self.decode_traces += 1
-        return decode(self.logits_fn, params, state, release, steps=steps, top_logprobs=top_logprobs)
+        return decode(self.logits_fn, params, state, release, steps=steps, top_logprobs=top_logprobs, attend=attend)
 
 
 def empty_state(cache: KVCache, b: int, vocab: int, eos_ids, pad_id: int) -> SlotState:
@@ -157,13 +160,20 @@ def insert(
     return state.replace(rows=rows, rules=rules, logits=set_row(state.logits, logits), cache=cache)
 
 
-def decode(logits_fn, params, state: SlotState, release: jax.Array, *, steps: int, top_logprobs: int):
-    """`steps` decode steps of every slot; slots in `release` [B] are freed first.
+def decode(
+    logits_fn, params, state: SlotState, release: jax.Array, *, steps: int, top_logprobs: int, attend=None
+):
+    """`steps` decode steps of every slot; slots in `release` [B] are freed first. `attend`: the steps see only
+    the first `attend` positions of each slot's cache (every live slot's index + steps must fit in them; the
+    caller's `attend_bucket`), which cost what they hold, not the slot's whole length.
 
     Returns the state and, per step, tokens [n, B], logprobs [n, B], live [n, B] (the slot's sequence took this
     step's token), finish [n, B] (after the step), and with top_logprobs = k > 0 the k most likely ids [n, B, k]
     and their log-probabilities."""
     state = state.replace(rows=state.rows.replace(done=state.rows.done | release))
+    whole = state.cache
+    if attend is not None and attend < whole.length:
+        state = state.replace(cache=first_positions(whole, attend))
 
     def one_step(state: SlotState, _):
         live = ~state.rows.done
@@ -178,7 +188,41 @@ def decode(logits_fn, params, state: SlotState, release: jax.Array, *, steps: in
         state = jax.lax.cond(running, lambda s: forward(logits_fn, params, s), lambda s: s, state)
         return state, {**out, "finish": state.rows.finish}
 
-    return jax.lax.scan(one_step, state, None, length=steps)
+    state, out = jax.lax.scan(one_step, state, None, length=steps)
+    if state.cache.length < whole.length:
+        state = state.replace(cache=merged(whole, state.cache))
+    return state, out
+
+
+def first_positions(cache: KVCache, length: int) -> KVCache:
+    """The first `length` positions of every slot (a free slot's index, the whole length, becomes `length`)."""
+    return cache.replace(
+        k=tuple(k[:, :, :length] for k in cache.k),
+        v=tuple(v[:, :length] for v in cache.v),
+        index=jnp.minimum(cache.index, length),
+    )
+
+
+def merged(whole: KVCache, part: KVCache) -> KVCache:
+    """`whole` with its first positions replaced by `part`'s; a slot that sat at `part`'s end keeps the larger of
+    its indexes (a free slot stays at the end of the whole cache)."""
+    index = jnp.where(part.index >= part.length, jnp.maximum(whole.index, part.index), part.index)
+    return whole.replace(
+        k=tuple(jax.lax.dynamic_update_slice(w, p, (0, 0, 0)) for w, p in zip(whole.k, part.k)),
+        v=tuple(jax.lax.dynamic_update_slice(w, p, (0, 0, 0)) for w, p in zip(whole.v, part.v)),
+        index=index,
+    )
+
+
+def attend_bucket(reach: int, length: int) -> int:
+    """The positions a dispatch attends to when no live slot goes past `reach`: the smallest of MIN_ATTEND * 2**i
+    that holds it, or the slots' whole `length` where the bucket would be more than a quarter of it (copying the
+    bucket out and back per dispatch then costs more than it saves: measured, docs/BENCHMARKS.md). One compiled
+    decode program per bucket used."""
+    bucket = MIN_ATTEND
+    while bucket < reach:
+        bucket *= 2
+    return bucket if bucket * VIEW_FRACTION <= length else length
 
 
 def forward(logits_fn, params, state: SlotState) -> SlotState:
