@@ -22,7 +22,7 @@ def rows(count: int) -> list[dict]:
         row = {
             "id": i,
             "prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))),
-            "max_tokens": rng.randint(1, 12),
+            "max_tokens": rng.randint(1, 6),
             "temperature": rng.choice([0.0, 0.7, 1.0]),
             "top_p": rng.choice([1.0, 0.9]),
             "seed": 500 + i,

@@ -271,10 +271,12 @@ def run_batch(gen, path, output, model_name: str, concurrency: int | None = None
     server_options.setdefault("max_queue", concurrency)
     app = create_app(gen, model_name, **server_options)
     progress = Progress(total, len(skip & keys))
+    finished = False
     try:
         asyncio.run(run_lines(app, path, output, skip, concurrency, progress))
-    finally:
-        app.state.engine.close()
+        finished = True
+    finally:  # interrupted: no waiting for requests whose results could not be written (a rerun redoes them)
+        app.state.engine.close(None if finished else 0)
         if progress.live:
             print(file=progress.stream)
     return progress
