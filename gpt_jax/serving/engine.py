@@ -133,7 +133,7 @@ class Engine:
 
     @property
     def compiled_decode_programs(self) -> int:
-        """How many decode programs were compiled (one per alternatives setting used)."""
+        """How many decode programs were compiled (one per alternatives setting and attended bucket used)."""
         return self.programs.decode_traces
 
     # ---- the engine thread -------------------------------------------------------------------------------------
@@ -233,14 +233,9 @@ class Engine:
         for row in range(request.rows):
             b = free[row]
             self._reach[b] = inputs.tokens.shape[1] - int(inputs.pad_len[0])
+            settings = slots.RowSettings.of(inputs, row)
             self._state = self.programs.insert(
-                self._state,
-                np.int32(b),
-                inputs.tokens[0],
-                inputs.pad_len[0],
-                job.cache,
-                job.logits,
-                slots.RowSettings.of(inputs, row),
+                self._state, np.int32(b), inputs.tokens[0], inputs.pad_len[0], job.cache, job.logits, settings
             )
             with self._lock:
                 if row not in request.cancelled_rows:
@@ -265,17 +260,10 @@ class Engine:
         k = ALTERNATIVES if any(o is not None and o[0].prep.top_logprobs for o in owners) else 0
         self.observer.on_dispatch(busy, queued)
         steps = self.steps_per_dispatch
-        live = np.asarray([o is not None for o in owners])
-        reach = int((self._reach[live] + steps).max()) if live.any() else 1
-        self._reach[live] = np.minimum(self._reach[live] + steps, self.max_len)
+        attend = dispatch_bucket(self._reach, [o is not None for o in owners], steps, self.max_len)
         try:
             self._state, out = self.programs.decode(
-                self.gen.params,
-                self._state,
-                release,
-                steps=steps,
-                top_logprobs=k,
-                attend=slots.attend_bucket(reach, self.max_len),
+                self.gen.params, self._state, release, steps=steps, top_logprobs=k, attend=attend
             )
         except Exception as error:  # noqa: BLE001 - every running request hears of it; the engine starts afresh
             self._fail_all(owners, error)
@@ -303,6 +291,15 @@ class Engine:
                     request.open_rows.discard(row)
                 self.observer.on_row_finished(request.generated[row], now - request.first_token)
                 request.on_event(Event("finish", row, finish=FINISH_NAMES[finish]))
+
+
+def dispatch_bucket(reach: np.ndarray, live: list[bool], steps: int, max_len: int) -> int:
+    """The positions the next dispatch attends to (`slots.attend_bucket`), from `reach` [B], an upper bound of each
+    slot's cache index, which the live slots' `steps` then advance (in place)."""
+    live = np.asarray(live)
+    furthest = int((reach[live] + steps).max()) if live.any() else 1
+    reach[live] = np.minimum(reach[live] + steps, max_len)
+    return slots.attend_bucket(furthest, max_len)
 
 
 def slot_programs(gen, slots_count: int, max_len: int) -> slots.SlotPrograms:
