@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -59,7 +60,7 @@ def _generate(args) -> int:
         if out is not None:
             _print_texts(args.prompts, out, args.json)
         return 0
-    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
+    gen = _model(args)
     if args.stream:
         if args.n != 1:
             raise InputError("--stream prints one sample per prompt: use --n 1")
@@ -122,37 +123,40 @@ def _chat(args) -> int:
 
 
 def _serve(args) -> int:
-    import gpt_jax
-
-    try:
-        from gpt_jax.serving.run import serve
-    except ImportError as e:
-        raise InputError(
-            f"gpt-jax serve needs the serve extra ({e.name} is missing): pip install 'gpt-jax[serve]'"
-        ) from None
+    serve = _serve_extra("serve", "gpt_jax.serving.run").serve
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
-    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
-    name = _model_name(args)
+    gen = _model(args)
     options = {"slots": args.slots, "max_queue": args.max_queue, "max_len": args.max_len, "chunk": args.chunk}
-    serve(gen, name, args.host, args.port, steps_per_dispatch=args.steps_per_dispatch, **options)
+    serve(gen, _model_name(args), args.host, args.port, steps_per_dispatch=args.steps_per_dispatch, **options)
     return 0
 
 
 def _batch(args) -> int:
-    import gpt_jax
+    _serve_extra("batch", "gpt_jax.serving.server", "httpx")  # what run_batch imports when it starts the engine
+    from gpt_jax.jobs.batch_file import run_batch
 
-    try:
-        from gpt_jax.jobs.batch_file import run_batch
-    except ImportError as e:
-        raise InputError(
-            f"gpt-jax batch needs the serve extra ({e.name} is missing): pip install 'gpt-jax[serve]'"
-        ) from None
-    gen = gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
     options = {"slots": args.slots, "max_len": args.max_len, "chunk": args.chunk}
-    progress = run_batch(gen, args.input, args.output, _model_name(args), args.concurrency, **options)
+    progress = run_batch(_model(args), args.input, args.output, _model_name(args), args.concurrency, **options)
     print(progress.summary(), file=sys.stderr)
     return 0
+
+
+def _serve_extra(command: str, *modules: str):
+    """The serve extra's `modules` imported (the last returned), or an InputError saying how to install it."""
+    try:
+        return [importlib.import_module(m) for m in modules][-1]
+    except ImportError as e:
+        raise InputError(
+            f"gpt-jax {command} needs the serve extra ({e.name} is missing): pip install 'gpt-jax[serve]'"
+        ) from None
+
+
+def _model(args):
+    """--model loaded on --mesh with --arithmetic."""
+    import gpt_jax
+
+    return gpt_jax.load(args.model, mesh=_mesh(args.mesh)).with_arithmetic(args.arithmetic)
 
 
 def _model_name(args) -> str:

@@ -177,10 +177,10 @@ class Progress:
         elapsed = time.monotonic() - self.start
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
         skipped = f", {self.skipped} already done" if self.skipped else ""
+        errors = f"{self.errors} error{'' if self.errors == 1 else 's'}"
         return (
-            f"gpt-jax batch: {self.done} requests ({self.errors} error{'' if self.errors == 1 else 's'}{skipped}), "
-            f"{self.tokens:,} tokens in "
-            f"{elapsed:.1f} s ({rate:,.0f} tok/s)"
+            f"gpt-jax batch: {self.done} requests ({errors}{skipped}), {self.tokens:,} tokens in {elapsed:.1f} s "
+            f"({rate:,.0f} tok/s)"
         )
 
 
@@ -270,7 +270,7 @@ def run_batch(gen, path, output, model_name: str, concurrency: int | None = None
     check(concurrency >= 1, InputError, f"concurrency must be >= 1, got {concurrency}")
     server_options.setdefault("max_queue", concurrency)
     app = create_app(gen, model_name, **server_options)
-    progress = Progress(total, len(skip & keys))
+    progress = Progress(total, len(skip))  # finished_keys keeps only this input's keys
     finished = False
     try:
         asyncio.run(run_lines(app, path, output, skip, concurrency, progress))

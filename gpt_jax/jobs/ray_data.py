@@ -32,6 +32,7 @@ from gpt_jax.jobs.batch_file import in_process_client, send
 from gpt_jax.serving import openai_api as api
 
 FIELDS = {*api.OUR_NAMES, "prompt", "messages", "stop", "logit_bias", "logprobs", "top_logprobs", "echo"}
+MODEL_NAME = "gpt-jax"  # the actor's served name, which every body it sends gives
 RESULTS = ("text", "finish_reason", "token_ids", "prompt_tokens", "completion_tokens", "seed", "error")
 
 
@@ -74,7 +75,7 @@ class Generate:
         unknown = sorted(set(self.defaults) - FIELDS - {"n"})
         check(not unknown, InputError, f"defaults has fields no request takes: {unknown}; allowed: {sorted(FIELDS)}")
         gen = gpt_jax.load(model, mesh=parse_mesh(mesh) if mesh else None).with_arithmetic(arithmetic)
-        self.app = create_app(gen, "gpt-jax", slots=slots, max_queue=4 * slots, max_len=max_len)
+        self.app = create_app(gen, MODEL_NAME, slots=slots, max_queue=4 * slots, max_len=max_len)
         self.loop = asyncio.new_event_loop()
         self.client = in_process_client(self.app)
 
@@ -103,7 +104,7 @@ class Generate:
         if chat == (body.get("prompt") is not None):
             return {**empty, "error": "a row needs exactly one of prompt and messages"}
         url = "/v1/chat/completions" if chat else "/v1/completions"
-        status, answer, seed = await send(self.client, url, {**body, "model": "gpt-jax", "return_token_ids": True})
+        status, answer, seed = await send(self.client, url, {**body, "model": MODEL_NAME, "return_token_ids": True})
         if status != 200:
             return {**empty, "seed": seed, "error": answer.get("error", {}).get("message", f"status {status}")}
         choice, usage = answer["choices"][0], answer["usage"]
@@ -118,14 +119,13 @@ class Generate:
         }
 
     def __del__(self):
-        engine = getattr(getattr(self, "app", None), "state", None)
-        if engine is not None:
+        if hasattr(self, "app"):  # not when __init__ failed before the engine started
             self.app.state.engine.close()
 
 
 def _column(values: list) -> np.ndarray:
     """A column of Python values as a numpy array: numbers and strings as they are, anything else as objects."""
-    if len(values) and all(isinstance(v, (int, float, str, bool)) and not isinstance(v, bool) for v in values):
+    if len(values) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values):
         return np.asarray(values)
     out = np.empty(len(values), dtype=object)
     out[:] = values
