@@ -50,7 +50,8 @@ def device_only(engine: Engine, prep, params, steps: int, rounds: int) -> float:
     programs, inputs = engine.programs, prep.inputs
     t = inputs.tokens.shape[1]
     cache = programs.new_cache(1, t).replace(index=np.int32(0))
-    logits, cache, _ = programs.prefill(params, inputs.tokens[:1], inputs.pad_len[:1], cache, inputs.tokens[:1])
+    last = np.int32(inputs.tokens.shape[1] - 1)
+    logits, cache, _ = programs.prefill(params, inputs.tokens[:1], inputs.pad_len[:1], cache, inputs.tokens[:1], last)
     row = RowSettings.of(inputs, 0).replace(max_new_tokens=np.int32(10**6))
     release = np.zeros(engine.slots, bool)
     best = float("inf")

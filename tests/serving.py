@@ -16,7 +16,8 @@ class RunningServer(BackgroundServer):
 
 def run_requests(engine, items, timeout: float = 600) -> list[dict]:
     """Submit (prompt ids, settings dict) pairs to `engine` at once; wait for all. Each result: per row tokens,
-    logprobs, top alternatives and finish reason (the engine's own `Outcome`), and "error" when the request failed."""
+    logprobs, top alternatives and finish reason (the engine's own `Outcome`), the prompt tokens the prefix cache
+    held ("cached"), and "error" when the request failed."""
     from gpt_jax.decoding.settings import GenerationSettings
     from gpt_jax.serving.requests import Outcome, Request
 
@@ -29,8 +30,9 @@ def run_requests(engine, items, timeout: float = 600) -> list[dict]:
         engine.submit(request)
     assert all(outcome.wait(timeout) for outcome in outcomes), "requests did not finish"
     results = []
-    for o in outcomes:
+    for o, request in zip(outcomes, requests):
         results.append({"tokens": o.tokens, "logprobs": o.logprobs, "top": o.top, "finish": o.finish})
+        results[-1]["cached"] = request.cached_tokens
         if o.error is not None:
             results[-1]["error"] = o.error
     return results

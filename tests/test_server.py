@@ -218,7 +218,8 @@ def test_a_prompt_of_the_full_context_is_scored_and_one_more_token_is_refused_in
     want = gen.score_ids([ids]).token_logprobs[0]
     assert len(lp["token_logprobs"]) == context and lp["token_logprobs"][0] is None
     np.testing.assert_allclose(lp["token_logprobs"][1:], want, atol=1e-4)
-    assert reply.json()["usage"] == {"prompt_tokens": context, "completion_tokens": 0, "total_tokens": context}
+    usage = {"prompt_tokens": context, "completion_tokens": 0, "total_tokens": context}
+    assert reply.json()["usage"] == {**usage, "prompt_tokens_details": {"cached_tokens": 0}}  # scored: no cache
     longer = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids + ids[:1]}, timeout=60)
     message = longer.json()["error"]["message"]
     assert longer.status_code == 400 and f"{context + 1} tokens" in message and f"context of {context}" in message
@@ -311,3 +312,26 @@ def test_six_stop_strings_and_one_longer_than_the_loops_matcher(server, gen):
     refused = httpx.post(server.url + "/v1/completions", json={**body, "stop": sixteen + ["x"]}, timeout=120)
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop"
     assert "at most 16 strings, got 17" in refused.json()["error"]["message"]
+
+
+def test_a_repeated_prefix_is_reported_as_cached_tokens_and_in_the_metrics(server, gen):
+    """The bundled model's server prefills in chunks of 64 (a quarter of its 256 positions), the prefix cache's
+    block: a prompt of 150 tokens sent twice has its first 128 tokens' keys and values cached the second time, and
+    gives the same tokens and log-probabilities."""
+    client = server.client()
+    prompt = (gen.tokenizer.encode(CORPUS_TEXT * 10)[1:])[:150]
+    before = httpx.get(server.url + "/metrics").text
+    body = dict(model="shakespeare", prompt=prompt, max_tokens=8, temperature=1.0, seed=5, logprobs=1)
+    first, second = client.completions.create(**body), client.completions.create(**body)
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens == 150
+    assert second.usage.prompt_tokens_details.cached_tokens == 128
+    assert first.choices[0].text == second.choices[0].text
+    assert first.choices[0].logprobs.token_logprobs == second.choices[0].logprobs.token_logprobs
+    after = httpx.get(server.url + "/metrics").text
+    hits = _metric(after, "gpt_jax_prefix_cache_hits_total") - _metric(before, "gpt_jax_prefix_cache_hits_total")
+    queries = _metric(after, "gpt_jax_prefix_cache_queries_total") - _metric(
+        before, "gpt_jax_prefix_cache_queries_total"
+    )
+    assert hits >= 128 and queries == 300
+    assert 0 < _metric(after, "gpt_jax_prefix_cache_hit_rate") <= 1
+    assert 0 < _metric(after, "gpt_jax_prefix_cache_bytes") <= _metric(after, "gpt_jax_prefix_cache_budget_bytes")

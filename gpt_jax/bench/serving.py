@@ -1,6 +1,7 @@
 """`gpt-jax bench-serve`: the server under Poisson arrivals against static batching of the same requests.
 
-Requests arrive as a Poisson process at each rate. Prompts are corpus slices of uniformly drawn length; output
+Requests arrive as a Poisson process at each rate (`--workload chat`: multi-turn conversations with the prefix cache
+and without it instead, `serving_chat`). Prompts are corpus slices of uniformly drawn length; output
 lengths are drawn from a geometric distribution (long-tailed, as chat replies are), and each request generates
 exactly that many tokens (min_tokens = max_tokens), so both sides do the same work. The server side streams every
 request over HTTP (httpx) from this process; the static side runs `generate_ids` on batches of `slots` requests in
@@ -16,6 +17,7 @@ import io
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -174,6 +176,13 @@ def plot(results: list[dict], path: Path) -> None:
 
 def parser() -> OneLineParser:
     p = OneLineParser(prog="gpt-jax bench-serve", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--workload",
+        choices=["poisson", "chat"],
+        default="poisson",
+        help="poisson: this page's requests; chat: conversations sharing a system prompt, with the prefix cache and "
+        "without (gpt-jax bench-serve --workload chat --help)",
+    )
     p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     p.add_argument("--rates", default="4,8,16,32", help="arrival rates, requests per second, comma-separated")
     p.add_argument("--requests", type=positive_int, default=96, help="requests per rate")
@@ -188,6 +197,11 @@ def parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--workload" in argv[:-1] and argv[argv.index("--workload") + 1] == "chat":
+        from gpt_jax.bench.serving_chat import main as chat_main
+
+        return chat_main(argv)
     args = parser().parse_args(argv)
     try:
         rates = [float(x) for x in args.rates.split(",")]

@@ -127,7 +127,7 @@ def _serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
     gen = _model(args)
-    options = {"slots": args.slots, "max_queue": args.max_queue, "max_len": args.max_len, "chunk": args.chunk}
+    options = {"slots": args.slots, "max_queue": args.max_queue, **_engine_options(args)}
     serve(gen, _model_name(args), args.host, args.port, steps_per_dispatch=args.steps_per_dispatch, **options)
     return 0
 
@@ -136,10 +136,14 @@ def _batch(args) -> int:
     _serve_extra("batch", "gpt_jax.serving.server", "httpx")  # what run_batch imports when it starts the engine
     from gpt_jax.jobs.batch_file import run_batch
 
-    options = {"slots": args.slots, "max_len": args.max_len, "chunk": args.chunk}
+    options = {"slots": args.slots, **_engine_options(args)}
     progress = run_batch(_model(args), args.input, args.output, _model_name(args), args.concurrency, **options)
     print(progress.summary(), file=sys.stderr)
     return 0
+
+
+def _engine_options(args) -> dict:
+    return {"max_len": args.max_len, "chunk": args.chunk, "prefix_cache_gb": args.prefix_cache_gb}
 
 
 def _serve_extra(command: str, *modules: str):

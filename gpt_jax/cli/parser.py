@@ -7,8 +7,9 @@ import dataclasses
 
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.model.row_invariant import ARITHMETICS
+from gpt_jax.serving.prefix_cache import DEFAULT_BUDGET_GB
 from gpt_jax.training.config import TrainConfig
-from gpt_jax.util.argparsing import OneLineParser, positive_int
+from gpt_jax.util.argparsing import OneLineParser, non_negative_float, positive_int
 
 
 def flag(name: str) -> str:
@@ -29,6 +30,27 @@ def add_dataclass_flags(parser, cls, only=lambda field: True, default=dataclasse
             parser.add_argument(flag(f.name), action="append", default=value, help=help_text)
         else:
             parser.add_argument(flag(f.name), type=int if f.default is None else kind, default=value, help=help_text)
+
+
+def add_prefill_flags(parser) -> None:
+    """--chunk and the prefix cache's flags, which `serve` and `batch` share."""
+    parser.add_argument(
+        "--chunk",
+        type=positive_int,
+        default=None,
+        help="prompt tokens per prefill pass, prefilled between decode steps, and the prefix cache's block (a "
+        "power of two >= 16; default: a quarter of --max-len, 16 to 256)",
+    )
+    parser.add_argument(
+        "--prefix-cache-gb",
+        type=non_negative_float,
+        default=DEFAULT_BUDGET_GB,
+        help="memory for the keys and values of prompt blocks kept for prompts that start alike (default: "
+        f"{DEFAULT_BUDGET_GB:g}; 0: off)",
+    )
+    parser.add_argument(
+        "--no-prefix-cache", action="store_const", const=0.0, dest="prefix_cache_gb", help="no prefix cache"
+    )
 
 
 def add_arithmetic_flag(parser) -> None:
@@ -96,7 +118,7 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     v.add_argument("--slots", type=positive_int, default=8, help="sequences decoded together")
     v.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot; more get 429")
     v.add_argument("--max-len", type=positive_int, default=None, help="prompt + output tokens per slot")
-    v.add_argument("--chunk", type=positive_int, default=256, help="prompt tokens prefilled between decode steps")
+    add_prefill_flags(v)
     v.add_argument("--steps-per-dispatch", type=positive_int, default=4, help="decode steps per device call")
     v.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
     add_arithmetic_flag(v)
@@ -111,7 +133,7 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     b.add_argument("--slots", type=positive_int, default=8, help="sequences decoded together")
     b.add_argument("--concurrency", type=positive_int, default=None, help="requests in flight (default: 4 x slots)")
     b.add_argument("--max-len", type=positive_int, default=None, help="prompt + output tokens per slot")
-    b.add_argument("--chunk", type=positive_int, default=256, help="prompt tokens prefilled between decode steps")
+    add_prefill_flags(b)
     b.add_argument("--mesh", default=None, help="shard over devices, e.g. data=2,model=4 (default: one device)")
     add_arithmetic_flag(b)
     return p, {"generate": g, "train": t, "score": s, "chat": c, "serve": v, "batch": b}

@@ -1,8 +1,9 @@
 """Continuous batching on the host: requests come and go between decode dispatches while the slots keep decoding.
 
 One thread owns the device. Each turn it (1) prefills queued prompts, at most `chunk` prompt tokens while slots are
-decoding (a long prompt is split over several turns, so the running rows wait one chunk at most), and moves each
-finished prefill into free slots; (2) dispatches `steps_per_dispatch` decode steps for all slots; (3) while those
+decoding (a long prompt is split over several turns, so the running rows wait one chunk at most; blocks of a
+prompt that the prefix cache holds are copied, not computed: `prefill`, `prefix_cache`), and moves each finished
+prefill into free slots; (2) dispatches `steps_per_dispatch` decode steps for all slots; (3) while those
 run, reads the previous dispatch's tokens and hands them to their requests. A slot whose sequence ends is free
 from the next turn on; a cancelled one is released at the next dispatch.
 
@@ -28,6 +29,8 @@ from gpt_jax.decoding.prepare import Prepared, eos_table, prepare
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.errors import InputError, check
 from gpt_jax.serving import slots
+from gpt_jax.serving.prefill import Prefiller
+from gpt_jax.serving.prefix_cache import DEFAULT_BUDGET_GB
 from gpt_jax.serving.requests import (
     EngineClosed,
     Event,
@@ -51,16 +54,24 @@ class Engine:
         gen,
         slots_count: int = 8,
         max_queue: int = 64,
-        chunk: int = 256,
+        chunk: int | None = None,
         steps_per_dispatch: int = 4,
         max_len: int | None = None,
         observer: Observer | None = None,
+        prefix_cache_gb: float = DEFAULT_BUDGET_GB,
     ):
+        """chunk: prompt tokens per prefill pass, and the prefix cache's block (default: `default_chunk`);
+        prefix_cache_gb: the most the prefix cache's blocks hold (0: no prefix cache; `prefix_cache`)."""
         self.data_rows = gen.mesh.shape["data"] if gen.mesh is not None else 1
-        self.max_len = check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows)
+        self.max_len, chunk = check_options(
+            gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows
+        )
+        check_budget(prefix_cache_gb)
         self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
         self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
         self.programs = slot_programs(gen, slots_count, self.max_len)
+        budget = int(prefix_cache_gb * 2**30)
+        self.prefiller = Prefiller(gen, self.programs, chunk, self.data_rows, budget, self.observer)
         self._state = self.programs.empty()
         self._owners: list[tuple[Request, int] | None] = [None] * slots_count
         self._reach = np.zeros(slots_count, np.int64)  # an upper bound of each slot's cache index
@@ -127,6 +138,11 @@ class Engine:
         return sum(owner is not None for owner in self._owners)
 
     @property
+    def prefix_cache(self):
+        """The prefix cache (`prefix_cache.PrefixCache`): its blocks, budget and counts."""
+        return self.prefiller.cache
+
+    @property
     def state(self) -> slots.SlotState:
         """The slots' device state as of the last dispatch (for inspection)."""
         return self._state
@@ -171,7 +187,7 @@ class Engine:
             if job.logits is None:
                 if budget <= 0 and self.busy:
                     return
-                budget -= self._guarded(job.request, self._prefill_next, job)
+                budget -= self._guarded(job.request, self.prefiller.step, job)
                 continue
             if job.request.score_only:  # the prompt's scores went out with its last chunk: nothing to decode
                 self._finish_unslotted(job.request)
@@ -193,33 +209,6 @@ class Engine:
             request.on_event(Event("error", error=error))
             return 0
 
-    def _prefill_next(self, job: Prefill) -> int:
-        """One chunk of the job's prompt; returns the tokens it took. The last one leaves the first token's logits
-        (and the prompt's log-probabilities, when asked for, go to the request)."""
-        request, rows = job.request, self.data_rows
-        inputs = request.prep.inputs
-        t, pad = inputs.tokens.shape[1], int(inputs.pad_len[0])
-        width = min(t, self.chunk)
-        if job.cache is None:
-            job.next = pad // width * width  # chunks of padding only are skipped
-            job.cache = self.programs.new_cache(rows, t).replace(index=np.int32(job.next))
-        start = job.next
-        tokens = inputs.tokens[:rows, start : start + width]
-        following = np.pad(inputs.tokens[:rows, start + 1 : start + width + 1], ((0, 0), (0, 1)))[:, :width]
-        logits, job.cache, scores = self.programs.prefill(
-            self.gen.params, tokens, inputs.pad_len[:rows], job.cache, following, prompt_top=request.prompt_top
-        )
-        if scores is not None:  # the columns whose following token is a real prompt token
-            columns = slice(max(start, pad) - start, min(start + width, t - 1) - start)
-            job.scores.append(jax.tree.map(lambda x: np.asarray(x[0, columns]), scores))
-        job.next = start + width
-        self.observer.on_prefill(width)
-        if job.next >= t:
-            job.logits = logits[0]
-            if request.prompt_top >= 0:
-                request.on_event(prompt_event(job.scores, request.prompt_top))
-        return width
-
     def _finish_unslotted(self, request: Request) -> None:
         for row in range(request.rows):
             with self._lock:
@@ -234,9 +223,8 @@ class Engine:
             b = free[row]
             self._reach[b] = inputs.tokens.shape[1] - int(inputs.pad_len[0])
             settings = slots.RowSettings.of(inputs, row)
-            self._state = self.programs.insert(
-                self._state, np.int32(b), inputs.tokens[0], inputs.pad_len[0], job.cache, job.logits, settings
-            )
+            prompt, pad, shift = inputs.tokens[0], inputs.pad_len[0], np.int32(job.layout.pad)
+            self._state = self.programs.insert(self._state, np.int32(b), prompt, pad, shift, job.cache, job.logits, settings)
             with self._lock:
                 if row not in request.cancelled_rows:
                     self._owners[b] = (request, row)
@@ -331,6 +319,14 @@ def check_room(prompt_len: int, budget: int, max_len: int, scoring: bool) -> Non
     )
 
 
+def check_budget(prefix_cache_gb) -> None:
+    check(
+        isinstance(prefix_cache_gb, (int, float)) and not isinstance(prefix_cache_gb, bool) and prefix_cache_gb >= 0,
+        InputError,
+        f"prefix_cache_gb must be a number >= 0 (0: no prefix cache), got {prefix_cache_gb!r}",
+    )
+
+
 def check_slots(slots_count) -> None:
     check(
         isinstance(slots_count, int) and not isinstance(slots_count, bool) and 1 <= slots_count <= MAX_SLOTS,
@@ -339,8 +335,14 @@ def check_slots(slots_count) -> None:
     )
 
 
-def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int) -> int:
-    """Refuse bad engine options (InputError naming each); returns max_len with its default filled in."""
+def default_chunk(max_len: int) -> int:
+    """A quarter of the slots' context, 16 to 256 tokens: a long prompt's prefill passes are large enough to run
+    at speed and small enough that the prefix cache's blocks share the prompts' common starts."""
+    return min(256, max(16, bucket(max_len) // 4))
+
+
+def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int):
+    """Refuse bad engine options (InputError naming each); returns max_len and chunk with defaults filled in."""
     check_slots(slots_count)
     check(
         slots_count % data_rows == 0,
@@ -348,7 +350,6 @@ def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_le
         f"slots ({slots_count}) must be a multiple of the mesh's data axis ({data_rows})",
     )
     check(isinstance(max_queue, int) and max_queue >= 0, InputError, f"max_queue must be >= 0, got {max_queue!r}")
-    check(chunk >= 16 and bucket(chunk) == chunk, InputError, f"chunk must be a power of two >= 16, got {chunk!r}")
     check(
         isinstance(steps_per_dispatch, int) and steps_per_dispatch >= 1,
         InputError,
@@ -361,5 +362,11 @@ def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_le
         InputError,
         f"max_len must be an integer in [2, {context}], got {max_len!r}",
     )
+    chunk = default_chunk(length) if chunk is None else chunk
+    check(
+        isinstance(chunk, int) and chunk >= 16 and bucket(chunk) == chunk,
+        InputError,
+        f"chunk must be a power of two >= 16, got {chunk!r}",
+    )
     check_serving_memory(gen.config, slots_count, length, chunk, data_rows, gen.mesh)
-    return length
+    return length, chunk

@@ -18,11 +18,14 @@ from gpt_jax.errors import GptJaxError
 
 @dataclasses.dataclass
 class Prefill:
-    """A request's prompt on its way into the slots: its prefill cache, the next column to prefill, the prompt
-    scores gathered so far, and, once the last chunk ran, the logits its first token is chosen from."""
+    """A request's prompt on its way into the slots: its layout (`prefill.plan`) and prefix-cache keys, its
+    prefill cache, the next chunk to prefill, the prompt scores gathered so far, and, once the last chunk ran, the
+    logits its first token is chosen from."""
 
     request: Request
-    cache: Any = None  # a KVCache of the prompt's bucket, made at the first chunk
+    layout: Any = None
+    keys: list = dataclasses.field(default_factory=list)
+    cache: Any = None  # a KVCache, made at the first chunk and grown with the chunks
     next: int = 0
     scores: list = dataclasses.field(default_factory=list)
     logits: Any = None  # [V]
@@ -67,6 +70,7 @@ class Request:
         self.prompt_len = int(prep.inputs.tokens.shape[1] - prep.inputs.pad_len[0])
         self.arrival = time.perf_counter()
         self.first_token: float | None = None
+        self.cached_tokens = 0  # prompt tokens whose keys and values came from the prefix cache
         self.generated = [0] * self.rows
         self.open_rows = set(range(self.rows))
         self.cancelled_rows: set[int] = set()
@@ -117,6 +121,8 @@ class Observer:
     def on_dispatch(self, busy: int, queued: int) -> None: ...
 
     def on_prefill(self, tokens: int) -> None: ...
+
+    def on_prefix_lookup(self, prompt_tokens: int, cached_tokens: int) -> None: ...
 
     def on_insert(self, joined_running: bool) -> None: ...
 

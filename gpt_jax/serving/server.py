@@ -113,7 +113,13 @@ class Call:
     def usage(self) -> dict:
         prompt = sum(len(p) for p in self.prompts)
         completion = sum(row.kept() for row in self.rows)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        cached = sum(request.cached_tokens for request in self.requests)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
 
 
 class Server:

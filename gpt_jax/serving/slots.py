@@ -1,12 +1,13 @@
 """Continuous batching on the device: a fixed number of decode slots, each holding one sequence at its own length.
 
-A request's prompt is prefilled on its own (left-padded to its length bucket T, exactly as `generate` prefills it,
-in chunks of at most C tokens so that the decoding slots wait for one chunk at most), then its cache is moved into
-a free slot with its real tokens at slots 0 .. L-1, and the slots decode together, several steps per dispatch.
+A request's prompt is prefilled on its own (`prefill`: one pass as `generate` prefills it where it fits one chunk
+of C tokens, else in chunks aligned to multiples of C, so that the decoding slots wait for one chunk at most), then
+its cache is moved into a free slot with its real tokens at slots 0 .. L-1, and the slots decode together, several
+steps per dispatch.
 Every per-row value (settings, step count, cache index, keys) lives in the slot state, so one compiled decode
 program serves any mix of requests, and a row's arithmetic never depends on what the other slots hold.
 
-    prefill_chunk x ceil((T - pad) / C)  ->  insert into slot b  ->  decode (n steps for every slot) ...
+    prefill_chunk x ceil(L / C)  ->  insert into slot b  ->  decode (n steps for every slot) ...
 
 Axes: B slots, R prefill rows (the mesh's data axis), T prompt bucket, C chunk, S slot cache length, V vocabulary,
 E eos ids, k recorded alternatives, n steps per dispatch.
@@ -74,6 +75,7 @@ class SlotPrograms:
         self.logits_fn, self.decode_traces = logits_fn, 0
         self.new_cache = jax.jit(new_cache, static_argnums=(0, 1))
         self.prefill = jax.jit(partial(prefill_chunk, logits_fn), static_argnames=("prompt_top",), donate_argnums=(3,))
+        self.grow = jax.jit(grow, static_argnums=(1,))
         self.insert = jax.jit(insert, donate_argnums=(0,))
         self.decode = jax.jit(self._decode, static_argnames=("steps", "top_logprobs", "attend"), donate_argnums=(1,))
         self.free_all = jax.jit(free_all, donate_argnums=(0,))
@@ -108,11 +110,13 @@ def free_all(state: SlotState) -> SlotState:
     return state.replace(rows=state.rows.replace(done=jnp.ones_like(state.rows.done)))
 
 
-def prefill_chunk(logits_fn, params, tokens, pad_len, cache: KVCache, following=None, *, prompt_top: int = -1):
-    """The next C columns [R, C] of left-padded prompts into `cache` (T slots, written from cache.index); returns
-    the last column's fp32 logits [R, V], the cache, and with prompt_top = k >= 0 the log-probability [R, C] of
-    each column's `following` token [R, C] (the prompt's next one) and the k most likely ids [R, C, k] with theirs
-    (None otherwise)."""
+def prefill_chunk(
+    logits_fn, params, tokens, pad_len, cache: KVCache, following, last, *, prompt_top: int = -1
+):
+    """The next C columns [R, C] of prompts (left-padded by `pad_len` [R]) into `cache` (P slots, written from
+    cache.index); returns the fp32 logits [R, V] of column `last` (the prompt's last token, where it ends in this
+    chunk), the cache, and with prompt_top = k >= 0 the log-probability [R, C] of each column's `following` token
+    [R, C] (the prompt's next one) and the k most likely ids [R, C, k] with theirs (None otherwise)."""
     logits, cache = loop.feed(logits_fn, params, tokens, pad_len, cache, ForwardMode.PREFILL)
     scores = None
     if prompt_top >= 0:
@@ -120,7 +124,17 @@ def prefill_chunk(logits_fn, params, tokens, pad_len, cache: KVCache, following=
         scores = {"logprobs": jnp.take_along_axis(logprobs, following[..., None], axis=-1)[..., 0]}
         if prompt_top:
             scores["top_logprobs"], scores["top_ids"] = jax.lax.top_k(logprobs, prompt_top)
-    return logits[:, -1].astype(jnp.float32), cache, scores
+    picked = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
+    return picked.astype(jnp.float32), cache, scores
+
+
+def grow(cache: KVCache, length: int) -> KVCache:
+    """A prefill cache with empty positions added up to `length`."""
+    more = length - cache.length
+    return cache.replace(
+        k=tuple(jnp.pad(k, ((0, 0), (0, 0), (0, more))) for k in cache.k),
+        v=tuple(jnp.pad(v, ((0, 0), (0, more), (0, 0))) for v in cache.v),
+    )
 
 
 def insert(
@@ -128,17 +142,20 @@ def insert(
     slot: jax.Array,
     prompt: jax.Array,
     pad_len: jax.Array,
+    shift: jax.Array,
     prompt_cache: KVCache,
     logits: jax.Array,
     row: RowSettings,
 ) -> SlotState:
-    """Start a sequence in `slot`: its prefilled cache (row 0 of `prompt_cache`, T slots, the prompt [T] left-padded
-    by `pad_len`) moves to slots 0 .. L-1, and its first token will be chosen from `logits` [V]."""
+    """Start a sequence in `slot`: its prefilled cache (row 0 of `prompt_cache`, P slots, the prompt's tokens from
+    slot `shift` on; the prompt [T] itself left-padded by `pad_len`) moves to slots 0 .. L-1, and its first token
+    will be chosen from `logits` [V]."""
     kv_heads = state.cache.k[0].shape[0] // state.cache.index.shape[0]
-    start = slot * kv_heads
+    start, length = slot * kv_heads, state.cache.length
 
-    def place(full, part, axis):  # part [R*K, ...] with T slots on `axis`; real tokens rolled to the front
-        part = jnp.roll(part[:kv_heads], -pad_len, axis=axis)
+    def place(full, part, axis):  # part [R*K, ...] with P slots on `axis`; real tokens rolled to the front
+        part = jnp.roll(part[:kv_heads], -shift, axis=axis)
+        part = jax.lax.slice_in_dim(part, 0, min(length, part.shape[axis]), axis=axis)  # a bucket past the slot
         return jax.lax.dynamic_update_slice(full, part, (start, 0, 0))
 
     cache = state.cache.replace(
