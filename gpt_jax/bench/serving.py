@@ -17,7 +17,6 @@ import io
 import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -197,11 +196,6 @@ def parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--workload" in argv[:-1] and argv[argv.index("--workload") + 1] == "chat":
-        from gpt_jax.bench.serving_chat import main as chat_main
-
-        return chat_main(argv)
     args = parser().parse_args(argv)
     try:
         rates = [float(x) for x in args.rates.split(",")]

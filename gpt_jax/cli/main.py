@@ -255,8 +255,10 @@ def _run(argv: list[str]) -> int:
         return bench_main([a for a in argv[1:] if a != "--speculative"])
     if argv[:1] == ["bench-serve"]:
         from gpt_jax.bench.serving import main as bench_serve_main
+        from gpt_jax.bench.serving_chat import main as bench_chat_main
 
-        return bench_serve_main(argv[1:])
+        chat = "--workload" in argv[1:-1] and argv[argv.index("--workload") + 1] == "chat"
+        return (bench_chat_main if chat else bench_serve_main)(argv[1:])
     if argv[:1] == ["bench"]:  # the benchmark has its own argument parser
         from gpt_jax.bench.models import main as bench_main
 
