@@ -102,14 +102,16 @@ def test_a_decode_that_cannot_fit_in_memory_is_refused_up_front(gen, monkeypatch
 
 def test_a_server_whose_slots_cannot_fit_is_refused_before_it_compiles(gen, monkeypatch):
     from gpt_jax.decoding.memory import serving_bytes
-    from gpt_jax.serving.engine import Engine
+    from gpt_jax.serving.engine import Engine, default_chunk
 
-    need = serving_bytes(gen.config, 8, 128, 256, 1)
+    need = serving_bytes(gen.config, 8, 128, default_chunk(128), 1)
     monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need - 1)
     with pytest.raises(InputError, match="8 slots of 128 positions need about"):
-        Engine(gen, slots_count=8, max_len=128)
-    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need)
-    Engine(gen, slots_count=8, max_len=128).close()
+        Engine(gen, slots_count=8, max_len=128, prefix_cache_gb=0)
+    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need + 2**29)
+    with pytest.raises(InputError, match="and up to 1.0 GiB for the prefix cache.*or --prefix-cache-gb"):
+        Engine(gen, slots_count=8, max_len=128)  # the default budget, 1 GiB, counts too
+    Engine(gen, slots_count=8, max_len=128, prefix_cache_gb=0.5).close()
 
 
 @pytest.mark.parametrize(

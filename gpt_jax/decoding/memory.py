@@ -62,12 +62,17 @@ def serving_bytes(config: ModelConfig, slots: int, length: int, chunk: int, pref
     return caches + state + scores
 
 
-def check_serving_memory(config: ModelConfig, slots: int, length: int, chunk: int, prefill_rows: int, mesh=None):
-    """Refuse (InputError) a server whose slots cannot fit, before anything compiles."""
-    need, have = serving_bytes(config, slots, length, chunk, prefill_rows), available_memory_bytes(mesh)
+def check_serving_memory(
+    config: ModelConfig, slots: int, length: int, chunk: int, prefill_rows: int, mesh=None, prefix_cache_bytes=0
+):
+    """Refuse (InputError) a server whose slots and prefix-cache budget cannot fit, before anything compiles."""
+    slots_need, have = serving_bytes(config, slots, length, chunk, prefill_rows), available_memory_bytes(mesh)
+    need = slots_need + prefix_cache_bytes
+    cache = f" and up to {prefix_cache_bytes / 2**30:.1f} GiB for the prefix cache" if prefix_cache_bytes else ""
     check(
         have is None or need <= have,
         InputError,
-        f"{slots} slots of {length} positions need about {need / 2**30:.1f} GiB for their KV cache and activations "
-        f"and {have / 2**30 if have else 0:.1f} GiB are available: lower --slots or --max-len",
+        f"{slots} slots of {length} positions need about {slots_need / 2**30:.1f} GiB for their KV cache and "
+        f"activations{cache}, and {have / 2**30 if have else 0:.1f} GiB are available: lower --slots or --max-len"
+        + (" or --prefix-cache-gb" if prefix_cache_bytes else ""),
     )

@@ -63,14 +63,14 @@ class Engine:
         """chunk: prompt tokens per prefill pass, and the prefix cache's block (default: `default_chunk`);
         prefix_cache_gb: the most the prefix cache's blocks hold (0: no prefix cache; `prefix_cache`)."""
         self.data_rows = gen.mesh.shape["data"] if gen.mesh is not None else 1
-        self.max_len, chunk = check_options(
-            gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows
-        )
         check_budget(prefix_cache_gb)
+        budget = int(prefix_cache_gb * 2**30)
+        self.max_len, chunk = check_options(
+            gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows, budget
+        )
         self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
         self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
         self.programs = slot_programs(gen, slots_count, self.max_len)
-        budget = int(prefix_cache_gb * 2**30)
         self.prefiller = Prefiller(gen, self.programs, chunk, self.data_rows, budget, self.observer)
         self._state = self.programs.empty()
         self._owners: list[tuple[Request, int] | None] = [None] * slots_count
@@ -341,7 +341,7 @@ def default_chunk(max_len: int) -> int:
     return min(256, max(16, bucket(max_len) // 4))
 
 
-def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int):
+def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int, cache_bytes=0):
     """Refuse bad engine options (InputError naming each); returns max_len and chunk with defaults filled in."""
     check_slots(slots_count)
     check(
@@ -368,5 +368,5 @@ def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_le
         InputError,
         f"chunk must be a power of two >= 16, got {chunk!r}",
     )
-    check_serving_memory(gen.config, slots_count, length, chunk, data_rows, gen.mesh)
+    check_serving_memory(gen.config, slots_count, length, chunk, data_rows, gen.mesh, cache_bytes)
     return length, chunk

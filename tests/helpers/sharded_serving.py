@@ -1,5 +1,5 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8: the continuous-batching engine on a mesh gives the
-tokens that one device's `generate_ids` gives. Prints a JSON report; exits non-zero on any difference."""
+tokens that one device's `generate_ids` gives, with prefix-cache hits on the sharded prefill cache. Prints a JSON report; exits non-zero on any difference."""
 
 import json
 import sys
@@ -29,10 +29,12 @@ for data, model in [(2, 4)]:
     g = Generator(cfg, params, mesh=make_mesh(data, model))
     engine = Engine(g, slots_count=8, chunk=16)
     try:
-        got = [r["tokens"] for r in run_requests(engine, items)]
+        results = run_requests(engine, items)
+        got = [r["tokens"] for r in results]
+        cached = sum(r["cached"] for r in results)  # the 30-token prompt's second request finds its first block
         shards = {s.data.shape for s in engine.state.cache.k[0].addressable_shards}
     finally:
         engine.close()
-    report[f"{data}x{model}"] = {"equal": got == want, "cache_shard": list(next(iter(shards)))}
+    report[f"{data}x{model}"] = {"equal": got == want, "cache_shard": list(next(iter(shards))), "cached": cached}
 print(json.dumps(report))
-sys.exit(0 if all(r["equal"] for r in report.values()) else 1)
+sys.exit(0 if all(r["equal"] and r["cached"] > 0 for r in report.values()) else 1)
