@@ -190,3 +190,12 @@ def test_the_serve_command_checks_its_flags(capsys):
     assert code == 2 and "--port must be in [0, 65535], got 70000" in err
     code, _, err = run_cli(capsys, ["serve", "--slots", "0"])
     assert code == 2 and "must be an integer >= 1" in err
+    code, _, err = run_cli(capsys, ["serve", "--prefix-cache-gb", "-1"])
+    assert code == 2 and "--prefix-cache-gb: must be a number >= 0, got -1" in err
+    code, _, err = run_cli(capsys, ["batch", "x.jsonl", "--output", "y.jsonl", "--prefix-cache-gb", "nan"])
+    assert code == 2 and "must be a number >= 0, got nan" in err
+    from gpt_jax.cli.parser import build_parser
+
+    parse = build_parser()[0].parse_args
+    assert parse(["serve"]).prefix_cache_gb == 1.0 and parse(["serve", "--no-prefix-cache"]).prefix_cache_gb == 0
+    assert parse(["batch", "x", "--output", "y", "--prefix-cache-gb", "0.25"]).prefix_cache_gb == 0.25
