@@ -59,15 +59,18 @@ def test_completions_return_what_generate_returns(server, gen):
 
     stream = client.completions.create(
         model="shakespeare", prompt=prompts, max_tokens=24, temperature=0.9, top_p=0.9, seed=11, n=2, stop=["\n\n"],
-        stream=True, stream_options={"include_usage": True},
+        stream=True, stream_options={"include_usage": True}, extra_body={"return_token_ids": True},
     )  # fmt: skip
-    texts, finishes, usage = ["", "", "", ""], [None] * 4, None
+    texts, finishes, usage, streamed_ids = ["", "", "", ""], [None] * 4, None, [[], [], [], []]
     for chunk in stream:
         usage = chunk.usage or usage
         for c in chunk.choices:
             texts[c.index] += c.text
             finishes[c.index] = c.finish_reason or finishes[c.index]
+            streamed_ids[c.index] += c.model_extra["token_ids"]  # each chunk: the ids it adds
     assert texts == want.texts and finishes == [c.finish_reason for c in got.choices]
+    for streamed, ids, finish in zip(streamed_ids, want.token_ids, finishes):  # a stop string may cut what was sent
+        assert streamed == ids if finish == "length" else streamed[: len(ids)] == ids
     assert usage.completion_tokens == got.usage.completion_tokens
 
     echoed = client.completions.create(model="shakespeare", prompt="ROMEO:", max_tokens=5, seed=2, echo=True)

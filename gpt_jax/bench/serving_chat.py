@@ -54,10 +54,10 @@ async def run_conversations(url: str, workload: dict, rate: float, reply_tokens:
                 raise RuntimeError(f"the server answered {response.status_code}: {await response.aread()}")
             async for line in response.aiter_lines():
                 if line.startswith("data: {"):
-                    so_far = json.loads(line[6:])["choices"][0].get("token_ids") or []  # the reply's ids so far
-                    if so_far and first is None:
+                    new = json.loads(line[6:])["choices"][0].get("token_ids") or []
+                    if new and first is None:
                         first = time.perf_counter()
-                    ids = so_far or ids
+                    ids += new
         return {"arrival": arrival, "first": first, "end": time.perf_counter(), "ids": ids, "prompt": len(prompt)}
 
     async def conversation(client, conv, start):

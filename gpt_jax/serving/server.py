@@ -185,7 +185,8 @@ class Server:
                     logprobs = api.join_logprobs(
                         api.prompt_logprobs(tok, call.prompts[i], call.prompt_scores[i]), logprobs
                     )
-            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": row.finish, **ids(row)}
+            chosen = ids(row, start, end)
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": row.finish, **chosen}
 
         if opts["stream"]:
 
@@ -259,7 +260,11 @@ class Server:
     @staticmethod
     def _token_ids(opts: dict):
         """The `return_token_ids` extension: a choice's generated ids (up to a stop string), when asked for."""
-        return lambda row: {"token_ids": row.tokens[: row.kept()]} if opts["return_token_ids"] else {}
+        def ids(row, start=0, end=None):  # in a stream, the ids a chunk adds (as vLLM's chunks carry them)
+            kept = row.kept()
+            return {"token_ids": row.tokens[start : kept if end is None else min(end, kept)]}
+
+        return ids if opts["return_token_ids"] else lambda row, start=0, end=None: {}
 
     def _start(self, prompts, settings: dict, top: int, prompt_top=-1, generate=True, defaulted=False) -> Call:
         """defaulted: the request set no token budget (see `Call`)."""
