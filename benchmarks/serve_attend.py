@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import gpt_jax  # noqa: E402
-from gpt_jax.bench.serving import machine  # noqa: E402
-from gpt_jax.model.presets import PRESETS  # noqa: E402
+from gpt_jax.bench.serving import long_context_llama, machine  # noqa: E402
 from gpt_jax.serving import slots  # noqa: E402
 from gpt_jax.serving.engine import Engine  # noqa: E402
 from tests.serving import run_requests  # noqa: E402
@@ -46,10 +45,7 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=8192)
     ap.add_argument("--out", default="benchmarks/results/serve_attend.json")
     args = ap.parse_args()
-    config = PRESETS["llama-small"].replace(
-        n_layers=4, d_model=256, n_heads=4, n_kv_heads=2, mlp_dim=768, vocab_size=4000, max_seq_len=args.context
-    )
-    gen = gpt_jax.Generator.from_config(config, key=0)
+    gen = gpt_jax.Generator.from_config(long_context_llama(args.context), key=0)
     rng = np.random.default_rng(0)
     settings = {"max_new_tokens": 128, "min_new_tokens": 128, "temperature": 1.0}
     items = [(rng.integers(3, 4000, 32).tolist(), {**settings, "seed": i}) for i in range(8)]

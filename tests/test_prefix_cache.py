@@ -81,6 +81,7 @@ def test_sixteen_concurrent_requests_share_a_prefix(bundled, engines):
 def test_a_chat_whose_history_grows_reuses_its_earlier_turns(bundled, engines):
     cached, plain = engines
     history = ids(bundled, "You are a player in a company of actors; answer in verse.\nUSER: speak of the moon\n")
+    previous = 0  # the previous turn's prompt length
     for turn in range(4):
         item = (history, sampled(turn, max_new_tokens=20))
         got, want = run_requests(cached, [item])[0], run_requests(plain, [item])[0]

@@ -172,7 +172,8 @@ def test_experts_and_int8_keep_a_rows_decode_logits_at_any_batch_size_and_positi
     fed = RNG.integers(3, 1000, (256, 5)).astype(np.int32)
     chain = decode_chain(gen, prompt, fed, 5)
     for rows in (2, 5, 20, 256):  # rows * 3 chosen experts below and above the 8 experts: both paths
-        assert np.array_equal(decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :1]), 20)[0, 0], chain[0]), rows
+        one = decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :1]), 20)
+        assert np.array_equal(one[0, 0], chain[0]), rows
     for rows in (1, 6):  # a k = 4 verification pass
         wide = decode_logits(gen, prefilled(gen, prompt, rows), jnp.asarray(fed[:rows, :5]), 20)
         assert [j for j in range(5) if not np.array_equal(wide[0, j], chain[j])] == [], rows

@@ -73,6 +73,16 @@ def machine() -> dict:
     }
 
 
+def long_context_llama(context: int):
+    """The random Llama shape the serving benchmarks use: 4 layers, width 256, 4 heads, 2 kv heads, MLP 768,
+    vocabulary 4000 (the bundled tokenizer's size), `context` positions."""
+    from gpt_jax.model.presets import PRESETS
+
+    return PRESETS["llama-small"].replace(
+        n_layers=4, d_model=256, n_heads=4, n_kv_heads=2, mlp_dim=768, vocab_size=4000, max_seq_len=context
+    )
+
+
 def percentiles(values) -> dict:
     values = np.asarray(values, float)
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}

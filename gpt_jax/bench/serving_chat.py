@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from gpt_jax.bench.serving import machine, percentiles
-from gpt_jax.util.output_files import write_text_atomically
+from gpt_jax.bench.serving import long_context_llama, machine, percentiles
+from gpt_jax.util.output_files import write_bytes_atomically, write_text_atomically
 
 
 def make_conversations(tokenizer, corpus_ids: list[int], args) -> dict:
@@ -145,8 +145,6 @@ def plot_chat(report: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gpt_jax.util.output_files import write_bytes_atomically
-
     names = list(report["sides"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for i, metric in enumerate(("p50", "p99")):
@@ -206,13 +204,10 @@ def parser():
 def load_model(args):
     """The bundled model, --model's, or a random Llama-shaped one of --random-llama positions; and its name."""
     import gpt_jax
-    from gpt_jax.model.presets import PRESETS
 
     if args.random_llama is None:
         return gpt_jax.load(args.model), args.model or "bundled model"
-    config = PRESETS["llama-small"].replace(
-        n_layers=4, d_model=256, n_heads=4, n_kv_heads=2, mlp_dim=768, vocab_size=4000, max_seq_len=args.random_llama
-    )
+    config = long_context_llama(args.random_llama)
     gen = gpt_jax.Generator.from_config(config, key=0, tokenizer=gpt_jax.load().tokenizer)
     return gen, f"random Llama shape, {args.random_llama} positions"
 

@@ -38,7 +38,6 @@ from gpt_jax.serving.requests import (
     Prefill,
     QueueFull,
     Request,
-    prompt_event,
     slot_updates,
 )
 
@@ -224,7 +223,9 @@ class Engine:
             self._reach[b] = inputs.tokens.shape[1] - int(inputs.pad_len[0])
             settings = slots.RowSettings.of(inputs, row)
             prompt, pad, shift = inputs.tokens[0], inputs.pad_len[0], np.int32(job.layout.pad)
-            self._state = self.programs.insert(self._state, np.int32(b), prompt, pad, shift, job.cache, job.logits, settings)
+            self._state = self.programs.insert(
+                self._state, np.int32(b), prompt, pad, shift, job.cache, job.logits, settings
+            )
             with self._lock:
                 if row not in request.cancelled_rows:
                     self._owners[b] = (request, row)

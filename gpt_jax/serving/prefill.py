@@ -57,7 +57,7 @@ def plan(inputs, rows: int, chunk: int, pad_id: int) -> Layout:
     t, pad = inputs.tokens.shape[1], int(inputs.pad_len[0])
     length = t - pad
     if length <= chunk:
-        return Layout(np.asarray(inputs.tokens[:rows]), pad, t, length, int(length == chunk and t == chunk))
+        return Layout(np.asarray(inputs.tokens[:rows]), pad, t, length, length // chunk)  # L = C: one block
     chunks = math.ceil(length / chunk)
     tokens = np.full((rows, chunks * chunk), pad_id, np.int32)
     tokens[:, :length] = inputs.tokens[:rows, pad:]
@@ -93,7 +93,7 @@ class Prefiller:
         if scores is not None:  # the columns whose following token is a real prompt token
             columns = slice(max(start, lay.pad) - start, min(start + width, end - 1) - start)
             job.scores.append(jax.tree.map(lambda x: np.asarray(x[0, columns]), scores))
-        if j < len(job.keys) and request.prompt_top < 0 and not self.cache.has(job.keys[j]):
+        if j < len(job.keys) and not self.cache.has(job.keys[j]):
             self.cache.store(job.keys[j], take_block(job.cache, np.int32(start), kv_heads=self.kv_heads, block=width))
         job.next = j + 1
         self.observer.on_prefill(width)
@@ -108,10 +108,9 @@ class Prefiller:
         and start its cache after them."""
         request = job.request
         lay = job.layout = plan(request.prep.inputs, self.rows, self.chunk, self.gen.config.pad_id)
-        scoring = request.prompt_top >= 0
-        job.keys = block_keys(lay.tokens[0, lay.pad :], lay.width, lay.blocks) if self.cache.enabled else []
         found = []
-        if self.cache.enabled and not scoring:
+        if self.cache.enabled and request.prompt_top < 0:
+            job.keys = block_keys(lay.tokens[0, lay.pad :], lay.width, lay.blocks)
             found = self.cache.lookup(job.keys[: (lay.length - 1) // lay.width], lay.length)
             self.observer.on_prefix_lookup(lay.length, len(found) * lay.width)
         job.next = len(found)

@@ -1,5 +1,6 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8: the continuous-batching engine on a mesh gives the
-tokens that one device's `generate_ids` gives, with prefix-cache hits on the sharded prefill cache. Prints a JSON report; exits non-zero on any difference."""
+tokens that one device's `generate_ids` gives, with prefix-cache hits on the sharded prefill cache. Prints a JSON
+report; exits non-zero on any difference."""
 
 import json
 import sys
