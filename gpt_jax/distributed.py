@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from gpt_jax.decoding.constraints.spec import PARSERS, is_per_row
 from gpt_jax.decoding.generator import GenerationResult, Generator
 from gpt_jax.decoding.rows import FINISH_CODES, FINISH_NAMES, RUNNING
 from gpt_jax.decoding.settings import GenerationSettings, per_row
@@ -124,4 +125,7 @@ def _rows_of(settings: GenerationSettings, rows: list[int]) -> dict:
             out[f.name] = [value[i] for i in rows]
     if isinstance(settings.logit_bias, (list, tuple)):
         out["logit_bias"] = [settings.logit_bias[i] for i in rows]
+    for kind in PARSERS:  # regex, choice, json_schema, json_object
+        if is_per_row(kind, getattr(settings, kind)):
+            out[kind] = [getattr(settings, kind)[i] for i in rows]
     return out

@@ -28,3 +28,7 @@ def check(condition: bool, error: type[GptJaxError], message: str) -> None:
     """Raise `error(message)` unless `condition` holds."""
     if not condition:
         raise error(message)
+
+
+class ConstraintError(InputError):
+    """A structured-output constraint (regex, choice, JSON schema) is malformed, unsupported or too large."""

@@ -37,6 +37,17 @@ def _mesh(text: str | None):
     return parse_mesh(text)
 
 
+def _constraint(args) -> dict:
+    """--regex / --choice / --json-schema FILE / --json-object as generate's settings."""
+    if args.json_schema is not None:
+        path, label = Path(args.json_schema), f"--json-schema {args.json_schema}"
+        if not path.is_file():
+            raise InputError(f"{label}: no such file")
+        return {"json_schema": read_json_object(path, InputError, label)}
+    given = {"regex": args.regex, "choice": args.choice, "json_object": args.json_object}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _generate(args) -> int:
     import gpt_jax
 
@@ -46,6 +57,7 @@ def _generate(args) -> int:
         check_text(prompt, "PROMPT")
     if args.prompt_lookup and args.draft:
         raise InputError("--prompt-lookup and --draft are two ways to speculate: give one")
+    settings.update(_constraint(args))
     if args.prompt_lookup:
         settings["speculative"] = gpt_jax.PromptLookup(num_tokens=args.prompt_lookup)
     if args.draft:

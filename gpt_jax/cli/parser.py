@@ -87,6 +87,11 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     )
     g.add_argument("--draft", default=None, metavar="DIR", help="speculate with this draft model (same tokenizer)")
     g.add_argument("--draft-tokens", type=positive_int, default=4, metavar="K", help="tokens the draft proposes")
+    shape = g.add_mutually_exclusive_group()
+    shape.add_argument("--regex", default=None, metavar="RE", help="the generated text fully matches RE")
+    shape.add_argument("--choice", nargs="+", default=None, metavar="TEXT", help="the text is one of these strings")
+    shape.add_argument("--json-schema", default=None, metavar="FILE", help="the text is JSON valid under this schema")
+    shape.add_argument("--json-object", action="store_true", default=None, help="the text is a JSON object")
 
     t = sub.add_parser("train", help="train a tokenizer and a model on text files")
     t.add_argument("files", nargs="+", metavar="TEXT_FILE")

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import jax
 
+from gpt_jax.decoding.constraints.automaton import compile_automaton
 from gpt_jax.decoding.rows import FINISH_NAMES, MAX_STOP_SEQUENCES, MAX_STOP_TOKENS
 from gpt_jax.decoding.memory import check_memory
 from gpt_jax.decoding.programs import CompiledPrograms
@@ -107,6 +108,17 @@ def checked_sequences(config: ModelConfig, sequences, batch_size) -> list[list[i
     return seqs
 
 
+def automata_of(config: ModelConfig, tokenizer, prompts, settings: GenerationSettings):
+    """Each prompt's constraint compiled over `tokenizer` (cached), or None when the call has none."""
+    if not isinstance(prompts, (list, tuple)):
+        return None  # prepare refuses it
+    constraints = settings.constraints(len(prompts))
+    if constraints is None:
+        return None
+    check(tokenizer is not None, TokenizerError, "constraints need the model's tokenizer (its bytes per id)")
+    return [None if c is None else compile_automaton(c.regex, tokenizer, config.eos_ids) for c in constraints]
+
+
 class Generator:
     """A model (config + params) with its tokenizer and the compiled programs of the pipeline; every generation call
     takes the settings of `settings.GenerationSettings` as keyword arguments."""
@@ -176,7 +188,8 @@ class Generator:
     def prepare(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> Prepared:
         """Checked settings -> the traced inputs of one decode (the batch padded to the mesh's data axis); a decode
         that cannot fit in memory is refused here, not by an out-of-memory error halfway through."""
-        prep = prepare(self.config, prompts, settings, self._data_axis())
+        automata = automata_of(self.config, self.tokenizer, prompts, settings)
+        prep = prepare(self.config, prompts, settings, self._data_axis(), automata=automata)
         if settings.speculative is not None:
             settings.speculative.check_target(self.config, self.tokenizer)
         check_memory(self.config, *prep.inputs.tokens.shape, prep.buffer, self.mesh)

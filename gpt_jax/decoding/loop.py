@@ -114,6 +114,7 @@ def start(
     b, v = logits.shape
     pad = inputs.rules.pad_id
     seen = penalties.seen_in_prompt(inputs.tokens, inputs.pad_len, v)
+    start = None if inputs.rules.constraints is None else inputs.rules.constraints.start
     return DecodeState(
         step=jnp.zeros((), jnp.int32),
         tokens=jnp.full((b, buffer), pad, jnp.int32),
@@ -121,7 +122,7 @@ def start(
         top_ids=jnp.zeros((b, buffer, top_logprobs), jnp.int32),
         top_logprobs=jnp.zeros((b, buffer, top_logprobs), jnp.float32),
         logits=logits.astype(jnp.float32),
-        rows=Rows.start(inputs.seed, inputs.row_seeds, seen, ~inputs.active, inputs.rules.stop_seqs.shape[-1]),
+        rows=Rows.start(inputs.seed, inputs.row_seeds, seen, ~inputs.active, inputs.rules.stop_seqs.shape[-1], start),
         cache=cache,
     )
 

@@ -14,7 +14,9 @@ import numpy as np
 from gpt_jax.decoding import loop
 from gpt_jax.decoding.batching import MIN_LENGTH_BUCKET, Batch, bucket, left_pad
 from gpt_jax.decoding.penalties import Penalties
-from gpt_jax.decoding.rows import MAX_STOP_SEQUENCES, MAX_STOP_TOKENS, Rules
+from gpt_jax.decoding.constraints import device
+from gpt_jax.decoding.constraints.automaton import TokenAutomaton
+from gpt_jax.decoding.rows import MAX_STOP_SEQUENCES, MAX_STOP_TOKENS, RowConstraints, Rules
 from gpt_jax.decoding.sampling import SamplingParams, fill_rows
 from gpt_jax.decoding.settings import SEED_BITS, GenerationSettings, is_integer, is_number, repeat_rows, scalar, short
 from gpt_jax.decoding.speculation.proposer import Proposer
@@ -42,10 +44,12 @@ def prepare(
     settings: GenerationSettings,
     data_axis: int = 1,
     scoring: bool = False,
+    automata: Sequence[TokenAutomaton | None] | None = None,
 ):
     """Validate every setting and build the traced inputs of the decode. `data_axis`: the batch is padded to a
     multiple of the mesh's data axis. `scoring`: the prompts are only prefilled and scored, no token is generated
-    (the budget is not counted), so a prompt may fill the context."""
+    (the budget is not counted), so a prompt may fill the context. `automata`: each prompt's compiled constraint
+    (None: free), or None when no row is constrained."""
     s = check_call(settings.with_seed())
     check(
         isinstance(prompts, (list, tuple)) and 0 < len(prompts) <= MAX_ROWS,
@@ -90,8 +94,21 @@ def prepare(
         active=batch.active,
         rules=rules_of(config, batch, values, biases, stop_seqs, s.ignore_eos),
     )
+    if automata is not None:
+        constraints = row_constraints(repeat_rows(list(automata), s.n), batch.tokens.shape[0], config.vocab_size)
+        inputs = inputs.replace(rules=inputs.rules.replace(constraints=constraints))
     buffer = bucket(max(values["max_new_tokens"]), MIN_LENGTH_BUCKET)
     return Prepared(rows=rows, inputs=inputs, seed=int(s.seed), buffer=buffer, top_logprobs=int(s.top_logprobs))
+
+
+def row_constraints(automata: list, rows: int, vocab_size: int) -> RowConstraints:
+    """The stacked automata of a batch's rows (repeats share one copy) and each row's initial state; filler rows
+    are free."""
+    distinct = list({id(a): a for a in automata if a is not None}.values())
+    table, starts = device.stack(distinct, vocab_size)
+    first = {id(a): q for a, q in zip(distinct, starts)}
+    start = [first[id(a)] if a is not None else device.FREE for a in automata]
+    return RowConstraints(table=table, start=np.array(start + [device.FREE] * (rows - len(start)), np.int32))
 
 
 def check_call(s: GenerationSettings) -> GenerationSettings:

@@ -62,6 +62,18 @@ class GenerationSettings:
     n: int = _setting(1, "samples per prompt")
     top_logprobs: int = _setting(0, "record the k most likely alternatives per token", cli=False)
     speculative: Any = _setting(None, "PromptLookup(...) or DraftModel(...): same output, fewer passes", cli=False)
+    regex: Any = _setting(None, "the generated text fully matches this regex (or one per prompt)", cli=False)
+    choice: Any = _setting(None, "the generated text is one of these strings (or a list per prompt)", cli=False)
+    json_schema: Any = _setting(None, "the text is JSON valid under this schema (dict, JSON text, pydantic)", cli=False)
+    json_object: Any = _setting(None, "True: the text is a JSON object (or one value per prompt)", cli=False)
+
+    def constraints(self, rows: int):
+        """Each prompt's constraint (`constraints.spec`), or None when no row is constrained."""
+        from gpt_jax.decoding.constraints.spec import row_constraints
+
+        return row_constraints(
+            rows, regex=self.regex, choice=self.choice, json_schema=self.json_schema, json_object=self.json_object
+        )
 
     @classmethod
     def of(cls, settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> GenerationSettings:

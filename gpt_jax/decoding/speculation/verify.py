@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.decoding import loop
+from gpt_jax.decoding.constraints import device as automata
 from gpt_jax.decoding.rows import choose
 from gpt_jax.decoding.speculation.proposer import Proposer
 from gpt_jax.model.row_invariant import ForwardMode
@@ -74,15 +75,18 @@ def verify(logits_fn, params, spec: SpecState, inputs, proposals: jax.Array) -> 
     fed = jnp.concatenate([state.rows.last[:, None], jnp.where(proposals >= 0, proposals, rules.pad_id)], axis=1)
     logits, cache = loop.feed(logits_fn, params, fed, inputs.pad_len, state.cache, ForwardMode.VERIFY)
     logits = logits.astype(jnp.float32)  # [B, W, V]
-    counts, rows = state.rows.counts, jnp.arange(b)
+    counts, rows, constraint = state.rows.counts, jnp.arange(b), state.rows.constraint
     choices, logprobs = [], []
     for j in range(width):
-        token, logprob = choose(state.rows, logits[:, j], rules, t=state.rows.lengths + j, counts=counts)
+        t = state.rows.lengths + j
+        token, logprob = choose(state.rows, logits[:, j], rules, t=t, counts=counts, state=constraint)
         choices.append(token)
         logprobs.append(logprob)
         if j + 1 < width:  # the choice at j + 1 follows proposal j + 1, as if it had been emitted
             p = proposals[:, j]
             counts = counts.at[rows, jnp.maximum(p, 0)].add((p >= 0).astype(jnp.int32))
+            if rules.constraints is not None:  # a proposal the automaton rejects differs from every choice
+                constraint = automata.follow(rules.constraints.table, constraint, jnp.maximum(p, 0))
     accepted = jnp.zeros_like(index)  # leading proposals equal to the choice before them
     if width > 1:
         agree = jnp.stack([proposals[:, j] == choices[j] for j in range(width - 1)], axis=1)  # [B, W-1]

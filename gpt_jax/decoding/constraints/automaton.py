@@ -1,0 +1,157 @@
+"""A constraint's regex -> a token automaton over one tokenizer's exact bytes per id, as arrays (host side).
+
+outlines-core builds the byte-level DFA of the regex and walks it with every token's bytes (its `Index`); this
+module keeps the result as arrays a jitted step can index:
+
+    allowed [Q, W] uint32   bit t % 32 of word t // 32: token t may follow state q (EOS excluded: see accepting)
+    accepting [Q] bool      the text so far is a full match: EOS may end it here
+    dead_end [Q] bool       accepting with no token to follow: the row is finished
+    default_next [Q] int32  the state most of q's tokens lead to
+    offsets [Q + 1] int32   q's exceptions (tokens leading elsewhere) are entries offsets[q] .. offsets[q+1] - 1
+    edge_tokens [X] int32   of the exceptions, sorted by token id within a state
+    edge_next [X] int32
+
+The vocabulary holds every id with bytes except special ids (control pieces, unknown, EOS): a constrained row never
+emits one but EOS, and EOS only in accepting states. States are renumbered 0 .. Q-1, the initial state 0.
+Automata are cached in memory by (regex, tokenizer); `compile_seconds` says what a miss cost.
+
+Axes: Q states, W = ceil(V / 32) mask words, X exception entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from gpt_jax.decoding.constraints.spec import library
+from gpt_jax.errors import ConstraintError
+
+MAX_AUTOMATON_BYTES = 256 << 20  # an automaton's device arrays, at most (bigger: refused before any compile)
+CACHE_ENTRIES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenAutomaton:
+    allowed: np.ndarray
+    accepting: np.ndarray
+    dead_end: np.ndarray
+    default_next: np.ndarray
+    offsets: np.ndarray
+    edge_tokens: np.ndarray
+    edge_next: np.ndarray
+    compile_seconds: float
+
+    @property
+    def states(self) -> int:
+        return len(self.accepting)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.allowed, self.accepting, self.dead_end, self.default_next, self.offsets)
+        return sum(a.nbytes for a in arrays) + self.edge_tokens.nbytes + self.edge_next.nbytes
+
+    def allowed_ids(self, state: int) -> np.ndarray:
+        """The ids (EOS excluded) allowed in `state`, from the bitmask."""
+        bits = np.unpackbits(self.allowed[state].view(np.uint8), bitorder="little")
+        return np.flatnonzero(bits)
+
+    def next_state(self, state: int, token: int) -> int:
+        lo, hi = self.offsets[state], self.offsets[state + 1]
+        i = lo + np.searchsorted(self.edge_tokens[lo:hi], token)
+        return int(self.edge_next[i]) if i < hi and self.edge_tokens[i] == token else int(self.default_next[state])
+
+
+def special_ids(tokenizer, eos_ids) -> set[int]:
+    """Ids a constrained row never emits as text: EOS ids, pad, unknown, and ids without bytes (control pieces)."""
+    out = {int(i) for i in eos_ids} | {tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id}
+    out |= set(getattr(tokenizer, "special_texts", {}).values())
+    return {i for i in out if i >= 0}
+
+
+_VOCABULARIES: dict = {}
+_AUTOMATA: OrderedDict = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _vocabulary(tokenizer, eos_ids: tuple[int, ...]):
+    Vocabulary = library().Vocabulary
+
+    key = (id(tokenizer), eos_ids)
+    if key not in _VOCABULARIES:
+        skip = special_ids(tokenizer, eos_ids)
+        by_bytes: dict[bytes, list[int]] = {}
+        for i in range(tokenizer.vocab_size):
+            piece = tokenizer.token_bytes(i)
+            if piece and i not in skip:
+                by_bytes.setdefault(piece, []).append(i)
+        stand_in_eos = next(iter(sorted(skip)), tokenizer.vocab_size)  # the library needs one; its edges are dropped
+        _VOCABULARIES[key] = (tokenizer, Vocabulary(stand_in_eos, by_bytes), stand_in_eos)  # tokenizer kept alive
+    return _VOCABULARIES[key][1:]
+
+
+def compile_automaton(regex: str, tokenizer, eos_ids=()) -> TokenAutomaton:
+    """The token automaton of `regex` over `tokenizer` (cached by both)."""
+    eos_ids = tuple(sorted(int(i) for i in eos_ids if i >= 0))
+    key = (regex, id(tokenizer), eos_ids)
+    with _LOCK:
+        if key in _AUTOMATA:
+            _AUTOMATA.move_to_end(key)
+            return _AUTOMATA[key]
+        automaton = _build(regex, tokenizer, eos_ids)
+        _AUTOMATA[key] = automaton
+        while len(_AUTOMATA) > CACHE_ENTRIES:
+            _AUTOMATA.popitem(last=False)
+        return automaton
+
+
+def _build(regex: str, tokenizer, eos_ids) -> TokenAutomaton:
+    Index = library().Index
+
+    began = time.perf_counter()
+    vocabulary, stand_in_eos = _vocabulary(tokenizer, eos_ids)
+    try:
+        index = Index(regex, vocabulary)
+    except ValueError as e:
+        raise ConstraintError(f"the constraint's regex cannot be compiled over this vocabulary: {e}") from None
+    transitions = index.get_transitions()
+    first = index.get_initial_state()
+    order = [first] + sorted(s for s in transitions if s != first)
+    order += sorted({n for edges in transitions.values() for n in edges.values()} - set(order))
+    number = {s: q for q, s in enumerate(order)}
+    q_count, words = len(order), -(-tokenizer.vocab_size // 32)
+    size = q_count * (words * 4 + 14)
+    if size > MAX_AUTOMATON_BYTES:
+        raise ConstraintError(
+            f"the constraint's automaton has {q_count} states: {size / 2**20:.0f} MiB on the device, more than "
+            f"the limit of {MAX_AUTOMATON_BYTES >> 20} MiB; simplify the regex or schema (fewer bounded repeats)"
+        )
+    bits = np.zeros((q_count, words * 32), bool)
+    accepting = np.array([index.is_final_state(s) for s in order], bool)
+    default_next = np.arange(q_count, dtype=np.int32)
+    offsets, edge_tokens, edge_next = [0], [], []
+    for q, s in enumerate(order):
+        edges = {t: number[n] for t, n in transitions.get(s, {}).items() if t != stand_in_eos}
+        if edges:
+            ids = np.fromiter(edges, np.int64, len(edges))
+            bits[q, ids] = True
+            targets = np.fromiter(edges.values(), np.int64, len(edges))
+            default_next[q] = np.bincount(targets).argmax()
+            exceptions = sorted(t for t, n in edges.items() if n != default_next[q])
+            edge_tokens += exceptions
+            edge_next += [edges[t] for t in exceptions]
+        offsets.append(len(edge_tokens))
+    dead_end = accepting & ~bits.any(axis=1)
+    return TokenAutomaton(
+        allowed=np.packbits(bits, axis=1, bitorder="little").view(np.uint32),
+        accepting=accepting,
+        dead_end=dead_end,
+        default_next=default_next,
+        offsets=np.array(offsets, np.int32),
+        edge_tokens=np.array(edge_tokens, np.int32),
+        edge_next=np.array(edge_next, np.int32),
+        compile_seconds=time.perf_counter() - began,
+    )
