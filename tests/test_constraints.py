@@ -17,7 +17,7 @@ from outlines_core import Index, Vocabulary
 
 from gpt_jax import PromptLookup
 from gpt_jax.decoding.constraints import device
-from gpt_jax.decoding.constraints.automaton import compile_automaton, special_ids
+from gpt_jax.decoding.constraints.automaton import SENTINEL, SENTINEL_LEAD, compile_automaton, special_ids
 from gpt_jax.decoding.constraints.spec import row_constraints
 from gpt_jax.decoding.generator import Generator
 from gpt_jax.errors import ConstraintError
@@ -100,6 +100,17 @@ def test_a_regex_whose_text_crosses_byte_level_token_boundaries(byte_level):
     assert len(pieces) > 1
 
 
+def test_a_repeated_group_may_go_on_after_a_full_match(byte_level):
+    """(ab)+ takes "abab", not only "ab" (the library's index alone stops at the first full match)."""
+    tok = byte_level.tokenizer
+    automaton = compile_automaton("(ab|cd)+", tok, byte_level.config.eos_ids)
+    for text in ("ab", "abab", "cdabcd"):
+        assert accepts(automaton, [tok.encode(ch, add_special_tokens=False)[0] for ch in text]), text
+    assert not accepts(automaton, [tok.encode(ch, add_special_tokens=False)[0] for ch in "aba"])
+    texts = [t for t, _ in sampled(byte_level, "x", n_tokens=24, least=0, regex="(ab|cd)+!")]
+    assert any(len(t) > 3 for t in texts) and all(re.fullmatch("(ab|cd)+!", t) for t in texts)
+
+
 def test_choices_give_one_of_the_strings(sentencepiece):
     options = ["Montague", "Capulet", "Mont", "Friar Laurence", "Café ☃"]
     texts = [t for t, _ in sampled(sentencepiece, "Who?", choice=options)]
@@ -176,26 +187,29 @@ def test_the_device_mask_equals_the_librarys_own_index_at_every_step(byte_level)
     """Along sampled runs, the allowed set `device.allowed` computes from the stacked arrays equals outlines-core's
     `Index.get_allowed_tokens` for the state its `get_next_state` reaches (EOS added in final states)."""
     gen, tok = byte_level, byte_level.tokenizer
-    eos = gen.config.eos_ids[0]
+    eos, sentinel = gen.config.eos_ids[0], tok.vocab_size  # the sentinel after the regex: see automaton.py
     skip = special_ids(tok, gen.config.eos_ids)
-    by_bytes = {}
+    by_bytes = {SENTINEL.encode(): [sentinel]}
     for i in range(tok.vocab_size):
-        if tok.token_bytes(i) and i not in skip:
+        if tok.token_bytes(i) and i not in skip and SENTINEL_LEAD not in tok.token_bytes(i):
             by_bytes.setdefault(tok.token_bytes(i), []).append(i)
-    regexes = [REGEXES["email"], row_constraints(1, json_schema=SCHEMAS["anyOf"])[0].regex]
+    regexes = [REGEXES["email"], row_constraints(1, json_schema=SCHEMAS["anyOf"])[0].regex, "(ab|ba)+!?"]
     automata = [compile_automaton(r, tok, gen.config.eos_ids) for r in regexes]
     table, starts = device.stack(automata, tok.vocab_size)
     table = jax.tree.map(jnp.asarray, table)
     allowed = jax.jit(lambda s: device.allowed(table, s, jnp.array([eos]), tok.vocab_size))
     follow = jax.jit(lambda s, t: device.follow(table, s, t))
     for regex, start in zip(regexes, starts):
-        index = Index(regex, Vocabulary(eos, by_bytes))
+        index = Index(f"(?:{regex}){SENTINEL}", Vocabulary(tok.vocab_size + 1, by_bytes))
         out = gen.generate(["x"] * 6, max_new_tokens=40, temperature=1.0, seed=5, row_seeds=list(range(6)), regex=regex)
         for ids in out.token_ids:
             lib, state = index.get_initial_state(), jnp.array([start])
             for t in ids:
                 mask = np.asarray(allowed(state))[0]
-                assert set(np.flatnonzero(mask).tolist()) == set(index.get_allowed_tokens(lib)), (regex, ids)
+                lib_allowed = set(index.get_allowed_tokens(lib))
+                ends = sentinel in lib_allowed and index.is_final_state(index.get_next_state(lib, sentinel))
+                expected = (lib_allowed - {sentinel}) | ({eos} if ends else set())
+                assert set(np.flatnonzero(mask).tolist()) == expected, (regex, ids)
                 if t == eos:
                     break
                 lib, state = index.get_next_state(lib, t), follow(state, jnp.array([t]))

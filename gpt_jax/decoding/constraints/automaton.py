@@ -13,6 +13,12 @@ module keeps the result as arrays a jitted step can index:
 
 The vocabulary holds every id with bytes except special ids (control pieces, unknown, EOS): a constrained row never
 emits one but EOS, and EOS only in accepting states. States are renumbered 0 .. Q-1, the initial state 0.
+
+outlines-core's index (0.2.14, measured) drops what may follow a complete match: `(ab)+` takes "ab" but not
+"abab". So the regex is compiled with a sentinel character after it, `(?:R)` + U+10FFFF, spelled by one stand-in
+token of its own: R's accepting states are those where reading the sentinel ends the whole match (inside a JSON
+string it is text, and leads on), and the sentinel's own edges are then dropped. Tokens holding the byte 0xF4
+(characters from U+100000 on, the second private use plane) are left out, so nothing else can spell it.
 Automata are cached in memory by (regex, tokenizer); `compile_seconds` says what a miss cost.
 
 Axes: Q states, W = ceil(V / 32) mask words, X exception entries.
@@ -30,6 +36,8 @@ import numpy as np
 from gpt_jax.decoding.constraints.spec import library
 from gpt_jax.errors import ConstraintError
 
+SENTINEL = "\U0010ffff"
+SENTINEL_LEAD = 0xF4  # the first byte of the sentinel's UTF-8 encoding; no token holding it is kept
 MAX_AUTOMATON_BYTES = 256 << 20  # an automaton's device arrays, at most (bigger: refused before any compile)
 CACHE_ENTRIES = 64
 
@@ -86,11 +94,12 @@ def _vocabulary(tokenizer, eos_ids: tuple[int, ...]):
         by_bytes: dict[bytes, list[int]] = {}
         for i in range(tokenizer.vocab_size):
             piece = tokenizer.token_bytes(i)
-            if piece and i not in skip:
+            if piece and i not in skip and SENTINEL_LEAD not in piece:
                 by_bytes.setdefault(piece, []).append(i)
-        stand_in_eos = next(iter(sorted(skip)), tokenizer.vocab_size)  # the library needs one; its edges are dropped
-        _VOCABULARIES[key] = (tokenizer, Vocabulary(stand_in_eos, by_bytes), stand_in_eos)  # tokenizer kept alive
-    return _VOCABULARIES[key][1:]
+        by_bytes[SENTINEL.encode()] = [tokenizer.vocab_size]  # the sentinel's stand-in id
+        stand_in_eos = tokenizer.vocab_size + 1  # the library needs one; its edges are dropped
+        _VOCABULARIES[key] = (tokenizer, Vocabulary(stand_in_eos, by_bytes))  # the tokenizer kept alive
+    return _VOCABULARIES[key][1]
 
 
 def compile_automaton(regex: str, tokenizer, eos_ids=()) -> TokenAutomaton:
@@ -112,15 +121,21 @@ def _build(regex: str, tokenizer, eos_ids) -> TokenAutomaton:
     Index = library().Index
 
     began = time.perf_counter()
-    vocabulary, stand_in_eos = _vocabulary(tokenizer, eos_ids)
+    vocabulary, sentinel = _vocabulary(tokenizer, eos_ids), tokenizer.vocab_size
     try:
-        index = Index(regex, vocabulary)
+        index = Index(f"(?:{regex}){SENTINEL}", vocabulary)
     except ValueError as e:
         raise ConstraintError(f"the constraint's regex cannot be compiled over this vocabulary: {e}") from None
-    transitions = index.get_transitions()
-    first = index.get_initial_state()
-    order = [first] + sorted(s for s in transitions if s != first)
-    order += sorted({n for edges in transitions.values() for n in edges.values()} - set(order))
+    everything = index.get_transitions()
+    transitions = {s: {t: n for t, n in edges.items() if t < sentinel} for s, edges in everything.items()}
+    # accepting: the sentinel read there ends the whole match (elsewhere it may be text a class allows, as in a string)
+    ends = {s for s, edges in everything.items() if sentinel in edges and index.is_final_state(edges[sentinel])}
+    order, seen = [index.get_initial_state()], {index.get_initial_state()}
+    for s in order:  # the states reachable without the sentinel, breadth first
+        for n in transitions.get(s, {}).values():
+            if n not in seen:
+                seen.add(n)
+                order.append(n)
     number = {s: q for q, s in enumerate(order)}
     q_count, words = len(order), -(-tokenizer.vocab_size // 32)
     size = q_count * (words * 4 + 14)
@@ -130,11 +145,11 @@ def _build(regex: str, tokenizer, eos_ids) -> TokenAutomaton:
             f"the limit of {MAX_AUTOMATON_BYTES >> 20} MiB; simplify the regex or schema (fewer bounded repeats)"
         )
     bits = np.zeros((q_count, words * 32), bool)
-    accepting = np.array([index.is_final_state(s) for s in order], bool)
+    accepting = np.array([s in ends for s in order], bool)
     default_next = np.arange(q_count, dtype=np.int32)
     offsets, edge_tokens, edge_next = [0], [], []
     for q, s in enumerate(order):
-        edges = {t: number[n] for t, n in transitions.get(s, {}).items() if t != stand_in_eos}
+        edges = {t: number[n] for t, n in transitions.get(s, {}).items()}
         if edges:
             ids = np.fromiter(edges, np.int64, len(edges))
             bits[q, ids] = True
