@@ -155,7 +155,8 @@ def _batch(args) -> int:
 
 
 def _engine_options(args) -> dict:
-    return {"max_len": args.max_len, "chunk": args.chunk, "prefix_cache_gb": args.prefix_cache_gb}
+    options = {"max_len": args.max_len, "chunk": args.chunk, "prefix_cache_gb": args.prefix_cache_gb}
+    return {**options, "constraint_states": args.constraint_states}
 
 
 def _serve_extra(command: str, *modules: str):

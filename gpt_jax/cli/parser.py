@@ -7,9 +7,10 @@ import dataclasses
 
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.model.row_invariant import ARITHMETICS
+from gpt_jax.serving.constraint_pool import DEFAULT_STATES
 from gpt_jax.serving.prefix_cache import DEFAULT_BUDGET_GB
 from gpt_jax.training.config import TrainConfig
-from gpt_jax.util.argparsing import OneLineParser, non_negative_float, positive_int
+from gpt_jax.util.argparsing import OneLineParser, non_negative_float, non_negative_int, positive_int
 
 
 def flag(name: str) -> str:
@@ -50,6 +51,13 @@ def add_prefill_flags(parser) -> None:
     )
     parser.add_argument(
         "--no-prefix-cache", action="store_const", const=0.0, dest="prefix_cache_gb", help="no prefix cache"
+    )
+    parser.add_argument(
+        "--constraint-states",
+        type=non_negative_int,
+        default=DEFAULT_STATES,
+        help="room for the automata of constrained requests (response_format, structured_outputs), in states "
+        f"(default: {DEFAULT_STATES}; 0: constrained requests are refused)",
     )
 
 

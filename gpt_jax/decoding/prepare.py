@@ -36,6 +36,7 @@ class Prepared:
     seed: int
     buffer: int  # output buffer M (static)
     top_logprobs: int  # alternatives recorded per token (static)
+    automata: tuple | None = None  # each prompt's compiled constraint (None: free), None when none has one
 
 
 def prepare(
@@ -98,7 +99,8 @@ def prepare(
         constraints = row_constraints(repeat_rows(list(automata), s.n), batch.tokens.shape[0], config.vocab_size)
         inputs = inputs.replace(rules=inputs.rules.replace(constraints=constraints))
     buffer = bucket(max(values["max_new_tokens"]), MIN_LENGTH_BUCKET)
-    return Prepared(rows=rows, inputs=inputs, seed=int(s.seed), buffer=buffer, top_logprobs=int(s.top_logprobs))
+    automata = None if automata is None else tuple(automata)
+    return Prepared(rows, inputs, int(s.seed), buffer, int(s.top_logprobs), automata)
 
 
 def row_constraints(automata: list, rows: int, vocab_size: int) -> RowConstraints:

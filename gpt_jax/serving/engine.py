@@ -26,9 +26,11 @@ from gpt_jax.decoding.batching import bucket
 from gpt_jax.decoding.rows import FINISH_NAMES, RUNNING
 from gpt_jax.decoding.memory import check_serving_memory
 from gpt_jax.decoding.prepare import Prepared, eos_table, prepare
+from gpt_jax.decoding.generator import automata_of
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.errors import InputError, check
 from gpt_jax.serving import slots
+from gpt_jax.serving.constraint_pool import DEFAULT_STATES, SlotConstraints, empty_table
 from gpt_jax.serving.prefill import Prefiller
 from gpt_jax.serving.prefix_cache import DEFAULT_BUDGET_GB
 from gpt_jax.serving.requests import (
@@ -58,9 +60,11 @@ class Engine:
         max_len: int | None = None,
         observer: Observer | None = None,
         prefix_cache_gb: float = DEFAULT_BUDGET_GB,
+        constraint_states: int = DEFAULT_STATES,
     ):
         """chunk: prompt tokens per prefill pass, and the prefix cache's block (default: `default_chunk`);
-        prefix_cache_gb: the most the prefix cache's blocks hold (0: no prefix cache; `prefix_cache`)."""
+        prefix_cache_gb: the most the prefix cache's blocks hold (0: no prefix cache; `prefix_cache`);
+        constraint_states: room for the automata of constrained requests (0: none taken; `constraint_pool`)."""
         self.data_rows = gen.mesh.shape["data"] if gen.mesh is not None else 1
         check_budget(prefix_cache_gb)
         budget = int(prefix_cache_gb * 2**30)
@@ -69,7 +73,9 @@ class Engine:
         )
         self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
         self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
-        self.programs = slot_programs(gen, slots_count, self.max_len)
+        self.constraints = SlotConstraints(gen.config.vocab_size, constraint_states)  # checks the number
+        table = empty_table(gen.config.vocab_size, constraint_states) if constraint_states else None
+        self.programs = slot_programs(gen, slots_count, self.max_len, table)
         self.prefiller = Prefiller(gen, self.programs, chunk, self.data_rows, budget, self.observer)
         self._state = self.programs.empty()
         self._owners: list[tuple[Request, int] | None] = [None] * slots_count
@@ -89,7 +95,9 @@ class Engine:
         context."""
         check(settings.speculative is None, InputError, "speculative decoding is not available in the server")
         check(not settings.ignore_eos, InputError, "ignore_eos is not available in the server")
-        prep = prepare(self.gen.config, [prompt], settings, self.data_rows, scoring=scoring)
+        automata = automata_of(self.gen.config, self.gen.tokenizer, [prompt], settings)
+        self.constraints.check(automata)
+        prep = prepare(self.gen.config, [prompt], settings, self.data_rows, scoring=scoring, automata=automata)
         check(
             prep.rows <= self.slots, InputError, f"n must be at most the server's {self.slots} slots, got {prep.rows}"
         )
@@ -119,6 +127,7 @@ class Engine:
                 if owner is not None and owner[0] is request and owner[1] in request.cancelled_rows:
                     self._owners[b] = None
                     self._releases.add(b)
+                    self.constraints.left(b)
             self._lock.notify()
 
     def close(self, timeout: float | None = None) -> None:
@@ -195,7 +204,11 @@ class Engine:
             free = [b for b, owner in enumerate(self._owners) if owner is None and b not in self._releases]
             if len(free) < job.request.rows:
                 return
-            self._guarded(job.request, self._insert_rows, job, free)
+            start, state = self.constraints.reserve(job.request.prep, self._state)
+            if start is None:  # its automaton waits for room
+                return
+            self._state = state
+            self._guarded(job.request, self._insert_rows, job, free, start)
             self._prefilling = None
 
     def _guarded(self, request: Request, fn, *args) -> int:
@@ -214,23 +227,25 @@ class Engine:
                 request.open_rows.discard(row)
             request.on_event(Event("finish", row, finish="length"))
 
-    def _insert_rows(self, job: Prefill, free: list[int]) -> None:
+    def _insert_rows(self, job: Prefill, free: list[int], start: int) -> None:
         request = job.request
         inputs = request.prep.inputs
         joined_running = self.busy > 0
         for row in range(request.rows):
             b = free[row]
             self._reach[b] = inputs.tokens.shape[1] - int(inputs.pad_len[0])
-            settings = slots.RowSettings.of(inputs, row)
+            settings = slots.RowSettings.of(inputs, row).replace(constraint=np.int32(start))
             prompt, pad, shift = inputs.tokens[0], inputs.pad_len[0], np.int32(job.layout.pad)
             self._state = self.programs.insert(
                 self._state, np.int32(b), prompt, pad, shift, job.cache, job.logits, settings
             )
+            self.constraints.joined(b, start)
             with self._lock:
                 if row not in request.cancelled_rows:
                     self._owners[b] = (request, row)
                 else:
                     self._releases.add(b)
+                    self.constraints.left(b)
             self.observer.on_insert(joined_running)
 
     def _dispatch(self):
@@ -264,6 +279,7 @@ class Engine:
             self.cancel(request)
             request.on_event(Event("error", error=error))
         self._state = self.programs.free_all(self._state)
+        self.constraints.all_left()
 
     def _deliver(self, out, owners) -> None:
         """Hand a finished dispatch's tokens to their requests: one "tokens" event per row, then "finish"."""
@@ -278,6 +294,7 @@ class Engine:
                 with self._lock:
                     self._owners[b] = None
                     request.open_rows.discard(row)
+                    self.constraints.left(b)
                 self.observer.on_row_finished(request.generated[row], now - request.first_token)
                 request.on_event(Event("finish", row, finish=FINISH_NAMES[finish]))
 
@@ -291,7 +308,7 @@ def dispatch_bucket(reach: np.ndarray, live: list[bool], steps: int, max_len: in
     return slots.attend_bucket(furthest, max_len)
 
 
-def slot_programs(gen, slots_count: int, max_len: int) -> slots.SlotPrograms:
+def slot_programs(gen, slots_count: int, max_len: int, table=None) -> slots.SlotPrograms:
     """The compiled slot programs of `gen`'s model (its forward pass, its mesh's cache placement)."""
     config, programs = gen.config, gen.programs
     return slots.SlotPrograms(
@@ -302,7 +319,9 @@ def slot_programs(gen, slots_count: int, max_len: int) -> slots.SlotPrograms:
         config.vocab_size,
         eos_table(config),
         config.pad_id,
+        table,
     )
+
 
 
 def check_room(prompt_len: int, budget: int, max_len: int, scoring: bool) -> None:

@@ -37,9 +37,14 @@ OUR_NAMES = {  # OpenAI (or vLLM) name -> GenerationSettings name
 }
 THEIR_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "top_logprobs": "logprobs"}
 IGNORED = {"user", "metadata", "store", "service_tier", "stream_options"}  # accepted, no effect on the tokens
-COMPLETION_FIELDS = {"model", "prompt", "stream", "logprobs", "echo", "stop", "logit_bias", "best_of", "suffix"}
-CHAT_FIELDS = {"model", "messages", "stream", "logprobs", "top_logprobs", "stop", "logit_bias"}
-EXTENSIONS = {"return_token_ids"}  # each choice also carries its generated ids (as vLLM's option of that name)
+COMPLETION_FIELDS = {
+    "model", "prompt", "stream", "logprobs", "echo", "stop", "logit_bias", "best_of", "suffix", "response_format"
+}  # fmt: skip
+CHAT_FIELDS = {"model", "messages", "stream", "logprobs", "top_logprobs", "stop", "logit_bias", "response_format"}
+# return_token_ids: each choice also carries its generated ids; structured_outputs {"regex" | "choice" | "json" |
+# "json_object"} and the older guided_regex / guided_choice / guided_json: constraints (vLLM's names for them all)
+EXTENSIONS = {"return_token_ids", "structured_outputs", "guided_regex", "guided_choice", "guided_json"}
+VLLM_CONSTRAINTS = {"regex": "regex", "choice": "choice", "json": "json_schema", "json_object": "json_object"}
 MAX_COMPLETION_LOGPROBS, MAX_CHAT_LOGPROBS = 5, 20
 
 
@@ -130,7 +135,37 @@ def settings_of(body: dict, defaults: dict, max_tokens_default: int) -> dict:
         except (TypeError, ValueError):
             raise bad("logit_bias keys must be token ids (integers as strings)", "logit_bias") from None
     base = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": max_tokens_default}
-    return {**base, **defaults, **given}
+    return {**base, **defaults, **given, **constraint_settings(body)}
+
+
+def constraint_settings(body: dict) -> dict:
+    """response_format (OpenAI's), structured_outputs and guided_* (vLLM's) -> at most one constraint setting."""
+    found = {}
+    rf = body.get("response_format")
+    if rf is not None:
+        kind = rf.get("type") if isinstance(rf, dict) else None
+        if kind == "json_object":
+            found["response_format"] = ("json_object", True)
+        elif kind == "json_schema":
+            spec = rf.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+                raise bad("response_format json_schema needs {\"name\", \"schema\": {...}}", "response_format")
+            found["response_format"] = ("json_schema", spec["schema"])
+        elif kind != "text":
+            raise bad('response_format type must be "text", "json_object" or "json_schema"', "response_format")
+    outputs = body.get("structured_outputs")
+    if outputs is not None:
+        if not isinstance(outputs, dict) or set(outputs) - set(VLLM_CONSTRAINTS):
+            raise bad(f"structured_outputs takes one of {', '.join(VLLM_CONSTRAINTS)}", "structured_outputs")
+        for name, value in outputs.items():
+            if value is not None and value is not False:
+                found[f"structured_outputs.{name}"] = (VLLM_CONSTRAINTS[name], value)
+    for name in ("regex", "choice", "json"):
+        if body.get(f"guided_{name}") is not None:
+            found[f"guided_{name}"] = (VLLM_CONSTRAINTS[name], body[f"guided_{name}"])
+    if len(found) > 1:
+        raise bad(f"give one constraint, got {', '.join(found)}", next(iter(found)).split(".")[0])
+    return dict(found.values())
 
 
 def gives_budget(body: dict) -> bool:

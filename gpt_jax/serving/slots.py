@@ -20,10 +20,13 @@ from functools import partial
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gpt_jax.decoding import loop, penalties
 from gpt_jax.decoding.penalties import Penalties
-from gpt_jax.decoding.rows import MAX_STOP_SEQUENCES, MAX_STOP_TOKENS, Rows, Rules, advance, choose, top_alternatives
+from gpt_jax.decoding.constraints.device import FREE
+from gpt_jax.decoding.rows import MAX_STOP_SEQUENCES, MAX_STOP_TOKENS, RowConstraints, Rows, Rules, advance, choose
+from gpt_jax.decoding.rows import top_alternatives
 from gpt_jax.decoding.sampling import SamplingParams, sanitize
 from gpt_jax.model.kv_cache import KVCache
 from gpt_jax.model.row_invariant import ForwardMode
@@ -52,6 +55,7 @@ class RowSettings:
     stop_seqs: jax.Array  # [Q, L]
     sampling: SamplingParams  # scalars
     penalties: Penalties  # scalars, bias [V]
+    constraint: jax.Array  # int32 scalar: the initial state of its automaton in the slots' table, -1: free
 
     @classmethod
     def of(cls, inputs: loop.DecodeInputs, row: int) -> RowSettings:
@@ -64,6 +68,7 @@ class RowSettings:
             stop_seqs=rules.stop_seqs[row],
             sampling=jax.tree.map(lambda x: x[row], rules.sampling),
             penalties=jax.tree.map(lambda x: x[row], rules.penalties),
+            constraint=np.int32(FREE),
         )
 
 
@@ -71,7 +76,7 @@ class SlotPrograms:
     """The compiled programs of B slots of S positions for one model: each traced once per shape (prefill: per prompt
     bucket and alternatives; decode: per steps and alternatives, counted in `decode_traces`)."""
 
-    def __init__(self, logits_fn, new_cache, b: int, length: int, vocab: int, eos_ids, pad_id: int):
+    def __init__(self, logits_fn, new_cache, b: int, length: int, vocab: int, eos_ids, pad_id: int, table=None):
         self.logits_fn, self.decode_traces = logits_fn, 0
         self.new_cache = jax.jit(new_cache, static_argnums=(0, 1))
         self.prefill = jax.jit(partial(prefill_chunk, logits_fn), static_argnames=("prompt_top",), donate_argnums=(3,))
@@ -79,15 +84,16 @@ class SlotPrograms:
         self.insert = jax.jit(insert, donate_argnums=(0,))
         self.decode = jax.jit(self._decode, static_argnames=("steps", "top_logprobs", "attend"), donate_argnums=(1,))
         self.free_all = jax.jit(free_all, donate_argnums=(0,))
-        self.empty = jax.jit(lambda: empty_state(new_cache(b, length), b, vocab, eos_ids, pad_id))
+        self.empty = jax.jit(lambda: empty_state(new_cache(b, length), b, vocab, eos_ids, pad_id, table))
 
     def _decode(self, params, state, release, *, steps: int, top_logprobs: int, attend: int | None = None):
         self.decode_traces += 1
         return decode(self.logits_fn, params, state, release, steps=steps, top_logprobs=top_logprobs, attend=attend)
 
 
-def empty_state(cache: KVCache, b: int, vocab: int, eos_ids, pad_id: int) -> SlotState:
-    """Every slot free; `cache` has B slots of S positions each (its index becomes one per slot)."""
+def empty_state(cache: KVCache, b: int, vocab: int, eos_ids, pad_id: int, table=None) -> SlotState:
+    """Every slot free; `cache` has B slots of S positions each (its index becomes one per slot); `table`: the
+    empty automata table of constrained slots (`constraint_pool`), None: no slot may be constrained."""
     free = jnp.ones((b,), bool)
     rows = Rows.start(jnp.uint32(0), jnp.zeros((b,), jnp.int32), jnp.zeros((b, vocab), bool), free, MAX_STOP_TOKENS)
     rules = Rules(
@@ -98,6 +104,8 @@ def empty_state(cache: KVCache, b: int, vocab: int, eos_ids, pad_id: int) -> Slo
         stop_seqs=jnp.full((b, MAX_STOP_SEQUENCES, MAX_STOP_TOKENS), -1, jnp.int32),
         pad_id=jnp.asarray(pad_id, jnp.int32),
     )
+    if table is not None:
+        rules = rules.replace(constraints=RowConstraints(table=table, start=jnp.full((b,), FREE, jnp.int32)))
     return SlotState(
         rows=rows.replace(last=jnp.full((b,), pad_id, jnp.int32)),
         rules=rules,
@@ -165,7 +173,9 @@ def insert(
     )
     seen = penalties.seen_in_prompt(prompt[None], pad_len[None], state.logits.shape[-1])[0]
     set_row = lambda table, value: table.at[slot].set(value)
-    fresh = Rows.start(row.seed, row.row_seed[None], seen[None], jnp.zeros((1,), bool), MAX_STOP_TOKENS)
+    fresh = Rows.start(
+        row.seed, row.row_seed[None], seen[None], jnp.zeros((1,), bool), MAX_STOP_TOKENS, row.constraint[None]
+    )
     fresh = fresh.replace(last=jnp.full((1,), state.rules.pad_id, jnp.int32))
     rules = state.rules.replace(
         sampling=jax.tree.map(set_row, state.rules.sampling, row.sampling),
