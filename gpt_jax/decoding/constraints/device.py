@@ -65,7 +65,7 @@ def stack(automata: list[TokenAutomaton], vocab_size: int) -> tuple[Automata, li
     """One table holding `automata` in turn (sizes bucketed), and each one's initial state in it."""
     q = sum(a.states for a in automata)
     x = sum(len(a.edge_tokens) for a in automata)
-    table = empty(vocab_size, bucket(max(q, 1), 16), bucket(max(x, 1), 256))
+    table = empty(vocab_size, bucket(max(q, 1), 64), bucket(max(x, 1), 4096))  # small ones share a program
     starts, state, entry = [], 0, 0
     for a in automata:
         write(table, a, state, entry)
