@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt_jax.decoding.constraints.spec import row_constraints
 from gpt_jax.errors import InputError, check
 from gpt_jax.model.config import ModelConfig
 
@@ -69,8 +70,6 @@ class GenerationSettings:
 
     def constraints(self, rows: int):
         """Each prompt's constraint (`constraints.spec`), or None when no row is constrained."""
-        from gpt_jax.decoding.constraints.spec import row_constraints
-
         return row_constraints(
             rows, regex=self.regex, choice=self.choice, json_schema=self.json_schema, json_object=self.json_object
         )

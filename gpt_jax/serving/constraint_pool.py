@@ -71,6 +71,7 @@ class ConstraintPool:
         self._states, self._entries = Ranges(states), Ranges(states * EXCEPTIONS_PER_STATE)
         self._placed: OrderedDict[int, tuple[TokenAutomaton, int, int]] = OrderedDict()  # id -> (a, state, entry)
         self._users: dict[int, int] = {}
+        self._at: dict[int, int] = {}  # initial state -> id of the automaton placed there
         self._write = jax.jit(_write_part)
 
     def check_fits(self, a: TokenAutomaton) -> None:
@@ -98,10 +99,7 @@ class ConstraintPool:
 
     def release(self, state: int) -> None:
         """A slot that used the automaton starting at `state` is done with it."""
-        for key, (_, start, _) in self._placed.items():
-            if start == state:
-                self._users[key] -= 1
-                return
+        self._users[self._at[state]] -= 1
 
     def _place(self, a: TokenAutomaton, table: device.Automata):
         while True:
@@ -116,6 +114,7 @@ class ConstraintPool:
                 return None
             _, old_state, old_entry = self._placed.pop(unused[0])
             self._users.pop(unused[0], None)
+            del self._at[old_state]
             self._states.give(old_state)
             self._entries.give(old_entry)
         part = device.empty(self.vocab_size, a.states, max(len(a.edge_tokens), 1))
@@ -127,6 +126,7 @@ class ConstraintPool:
             edge_next=part.edge_next + state,
         )
         self._placed[id(a)] = (a, state, entry)  # the automaton is kept alive, so its id stays its own
+        self._at[state] = id(a)
         return self._write(table, part, np.int32(state), np.int32(entry))
 
 
@@ -150,17 +150,18 @@ class SlotConstraints:
         self.pool = ConstraintPool(vocab_size, states) if states else None
         self._slot_state: dict[int, int] = {}  # slot -> the initial state it acquired
 
-    def check(self, automata) -> None:
-        """A request's automata (`prepare.Prepared.automata`: one, or None) can be placed here."""
+    def check(self, automata):
+        """A request's automata (one, or None: `generator.automata_of`) checked to fit here, as a tuple."""
         automaton = automata[0] if automata else None
         if automaton is None:
-            return
+            return None
         check(
             self.pool is not None,
             ConstraintError,
             "this server takes no constraints (it was started with --constraint-states 0)",
         )
         self.pool.check_fits(automaton)
+        return tuple(automata)
 
     def reserve(self, prep, slot_state):
         """For a prepared request about to join: (the initial state for its rows, the slot state with its automaton

@@ -15,6 +15,7 @@ Events reach the request's `on_event` callback on the engine thread.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -95,9 +96,9 @@ class Engine:
         context."""
         check(settings.speculative is None, InputError, "speculative decoding is not available in the server")
         check(not settings.ignore_eos, InputError, "ignore_eos is not available in the server")
-        automata = automata_of(self.gen.config, self.gen.tokenizer, [prompt], settings)
-        self.constraints.check(automata)
-        prep = prepare(self.gen.config, [prompt], settings, self.data_rows, scoring=scoring, automata=automata)
+        automata = self.constraints.check(automata_of(self.gen.config, self.gen.tokenizer, [prompt], settings))
+        prep = prepare(self.gen.config, [prompt], settings, self.data_rows, scoring=scoring)
+        prep = dataclasses.replace(prep, automata=automata)  # placed by the pool when it joins, never stacked
         check(
             prep.rows <= self.slots, InputError, f"n must be at most the server's {self.slots} slots, got {prep.rows}"
         )

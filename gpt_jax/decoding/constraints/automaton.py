@@ -76,7 +76,7 @@ class TokenAutomaton:
 def special_ids(tokenizer, eos_ids) -> set[int]:
     """Ids a constrained row never emits as text: EOS ids, pad, unknown, and ids without bytes (control pieces)."""
     out = {int(i) for i in eos_ids} | {tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id}
-    out |= set(getattr(tokenizer, "special_texts", {}).values())
+    out |= set(tokenizer.special_texts.values())
     return {i for i in out if i >= 0}
 
 

@@ -46,10 +46,6 @@ class Constraint:
     kind: str
     regex: str
 
-    @property
-    def key(self) -> str:
-        return self.regex
-
 
 def _regex(value) -> Constraint:
     check(isinstance(value, str) and value != "", ConstraintError, f"regex must be a non-empty string, got {value!r}")
