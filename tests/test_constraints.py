@@ -160,6 +160,12 @@ SCHEMAS = {
                                                                 {"type": "array", "items": {"type": "boolean"},
                                                                  "maxItems": 2}]}},
               "required": ["x"]},
+    "numbers with bounds": {"type": "object",
+                            "properties": {"age": {"type": "integer", "minimum": 18, "exclusiveMaximum": 121},
+                                           "score": {"type": "number", "exclusiveMinimum": -1, "maximum": 1},
+                                           "temps": {"type": "array", "items": {"type": "number", "minimum": -40,
+                                                                                "maximum": 50}, "maxItems": 3}},
+                            "required": ["age", "score", "temps"]},
     "const and number": {"type": "object", "properties": {"kind": {"const": "play"}, "score": {"type": "number"}},
                          "required": ["kind", "score"]},
 }  # fmt: skip
@@ -265,7 +271,10 @@ def test_stream_and_stop_strings_keep_working(byte_level):
 @pytest.mark.parametrize(
     "settings, words",
     [
-        ({"json_schema": {"type": "integer", "minimum": 3}}, "'minimum'"),
+        ({"json_schema": {"type": "number", "minimum": 0.5}}, "must be whole numbers"),
+        ({"json_schema": {"type": "string", "maximum": 3}}, "need type integer or number"),
+        ({"json_schema": {"type": "integer", "minimum": 3, "maximum": 2}}, "no integer lies within"),
+        ({"json_schema": {"type": "integer", "multipleOf": 3}}, "'multipleOf'"),
         ({"json_schema": {"type": "object", "patternProperties": {"a": {}}}}, "'patternProperties'"),
         ({"json_schema": {"oneOf": [{"type": "integer"}]}}, "'oneOf'"),
         ({"json_schema": {"type": "string", "format": "hostname"}}, "'hostname'"),

@@ -104,12 +104,19 @@ def test_a_server_whose_slots_cannot_fit_is_refused_before_it_compiles(gen, monk
     from gpt_jax.decoding.memory import serving_bytes
     from gpt_jax.serving.engine import Engine, default_chunk
 
+    from gpt_jax.serving.constraint_pool import DEFAULT_STATES, table_bytes
+
     need = serving_bytes(gen.config, 8, 128, default_chunk(128), 1)
+    table = table_bytes(gen.config.vocab_size, DEFAULT_STATES)  # the constraint table, on by default
+    assert table == DEFAULT_STATES * (4 * -(-gen.config.vocab_size // 32) + 2 + 3 * 4 + 64 * 8)  # mask, per state, edges
     monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need - 1)
     with pytest.raises(InputError, match="8 slots of 128 positions need about"):
+        Engine(gen, slots_count=8, max_len=128, prefix_cache_gb=0, constraint_states=0)
+    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need + table - 1)
+    with pytest.raises(InputError, match="GiB for the constraint table.*or --constraint-states"):
         Engine(gen, slots_count=8, max_len=128, prefix_cache_gb=0)
-    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need + 2**29)
-    with pytest.raises(InputError, match="and up to 1.0 GiB for the prefix cache.*or --prefix-cache-gb"):
+    monkeypatch.setattr("gpt_jax.decoding.memory.available_memory_bytes", lambda mesh=None: need + table + 2**29)
+    with pytest.raises(InputError, match="up to 1.0 GiB for the prefix cache.*or --prefix-cache-gb"):
         Engine(gen, slots_count=8, max_len=128)  # the default budget, 1 GiB, counts too
     Engine(gen, slots_count=8, max_len=128, prefix_cache_gb=0.5).close()
 

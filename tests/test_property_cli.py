@@ -22,6 +22,7 @@ from gpt_jax.bench import invariance as bench_invariance
 from gpt_jax.bench import models as bench_models
 from gpt_jax.bench import serving as bench_serving
 from gpt_jax.bench import speculative as bench_speculative
+from gpt_jax.bench import structured as bench_structured
 from gpt_jax.checkpoints import checkpoint
 from gpt_jax.jobs import batch_file
 from gpt_jax.cli.parser import build_parser
@@ -73,6 +74,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
         "bench": bench_models.parser(),
         "bench --speculative": bench_speculative.parser(),
         "bench --invariance": bench_invariance.parser(),
+        "bench --structured": bench_structured.parser(),
         "bench-serve": bench_serving.parser(),
     }
 
@@ -88,6 +90,7 @@ BASE = {  # the command's positionals and enough flags for a quick run; the draw
     "bench": ["bench", "--shapes", "llama-tiny", "--out", "{tmp}/bench.json"],
     "bench --speculative": ["bench", "--speculative", "--shapes", "llama-tiny", "--out", "{tmp}/spec.json"],
     "bench --invariance": ["bench", "--invariance", "--shape", "llama-tiny", "--out", "{tmp}/invariance.json"],
+    "bench --structured": ["bench", "--structured", "--output", "{tmp}/structured.json"],
     "bench-serve": ["bench-serve", "--model", "{model}", "--json", "{tmp}/serve.json", "--plot", ""],
 }
 PARSERS = parsers()
@@ -147,6 +150,7 @@ def install_stand_ins(monkeypatch) -> list[str]:
     monkeypatch.setattr(batch_file, "run_lines", no_lines)
     monkeypatch.setattr(bench_invariance, "measure", mark("bench --invariance", {"batch": 1, "arithmetic": "exact"}))
     monkeypatch.setattr(bench_invariance, "identity", mark("identity", {}))
+    monkeypatch.setattr(bench_structured, "run", mark("bench --structured", {}))
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # chat: the conversation ends at once
     return reached
 

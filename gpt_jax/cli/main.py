@@ -266,6 +266,10 @@ def _run(argv: list[str]) -> int:
         from gpt_jax.bench.speculative import main as bench_main
 
         return bench_main([a for a in argv[1:] if a != "--speculative"])
+    if argv[:1] == ["bench"] and "--structured" in argv:  # what a constraint costs
+        from gpt_jax.bench.structured import main as structured_main
+
+        return structured_main([a for a in argv[1:] if a != "--structured"])
     if argv[:1] == ["bench-serve"]:
         from gpt_jax.bench.serving import main as bench_serve_main
         from gpt_jax.bench.serving_chat import main as bench_chat_main

@@ -111,7 +111,8 @@ def build_parser(defaults=dataclasses.MISSING) -> tuple[OneLineParser, dict]:
     t.add_argument("--mesh", default=None, help="e.g. data=2,model=4 (default: every device on data)")
     add_dataclass_flags(t, TrainConfig)
 
-    sub.add_parser("bench", help="decode benchmark against transformers (see gpt-jax bench --help)", add_help=False)
+    about = "decode benchmark against transformers (gpt-jax bench --help); --speculative, --invariance, --structured"
+    sub.add_parser("bench", help=about + ": their own", add_help=False)
     sub.add_parser(
         "bench-serve", help="the server against static batching (see gpt-jax bench-serve --help)", add_help=False
     )

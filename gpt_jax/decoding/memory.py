@@ -63,16 +63,26 @@ def serving_bytes(config: ModelConfig, slots: int, length: int, chunk: int, pref
 
 
 def check_serving_memory(
-    config: ModelConfig, slots: int, length: int, chunk: int, prefill_rows: int, mesh=None, prefix_cache_bytes=0
+    config: ModelConfig,
+    slots: int,
+    length: int,
+    chunk: int,
+    prefill_rows: int,
+    mesh=None,
+    prefix_cache_bytes=0,
+    constraint_bytes=0,
 ):
-    """Refuse (InputError) a server whose slots and prefix-cache budget cannot fit, before anything compiles."""
+    """Refuse (InputError) a server whose slots, prefix-cache budget and constraint table cannot fit, before
+    anything compiles."""
     slots_need, have = serving_bytes(config, slots, length, chunk, prefill_rows), available_memory_bytes(mesh)
-    need = slots_need + prefix_cache_bytes
-    cache = f" and up to {prefix_cache_bytes / 2**30:.1f} GiB for the prefix cache" if prefix_cache_bytes else ""
+    need = slots_need + prefix_cache_bytes + constraint_bytes
+    cache = f", up to {prefix_cache_bytes / 2**30:.1f} GiB for the prefix cache" if prefix_cache_bytes else ""
+    table = f", {constraint_bytes / 2**30:.2f} GiB for the constraint table" if constraint_bytes else ""
     check(
         have is None or need <= have,
         InputError,
         f"{slots} slots of {length} positions need about {slots_need / 2**30:.1f} GiB for their KV cache and "
-        f"activations{cache}, and {have / 2**30 if have else 0:.1f} GiB are available: lower --slots or --max-len"
-        + (" or --prefix-cache-gb" if prefix_cache_bytes else ""),
+        f"activations{cache}{table}, and {have / 2**30 if have else 0:.1f} GiB are available: lower --slots or "
+        "--max-len" + (" or --prefix-cache-gb" if prefix_cache_bytes else "")
+        + (" or --constraint-states" if constraint_bytes else ""),
     )

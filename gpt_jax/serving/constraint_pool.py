@@ -59,6 +59,8 @@ def empty_table(vocab_size: int, states: int) -> device.Automata:
 
 
 def table_bytes(vocab_size: int, states: int) -> int:
+    """The device bytes of a table of `states` states (checked: `check_constraint_states`)."""
+    check_constraint_states(states)
     return sum(np.asarray(x).nbytes for x in jax.tree.leaves(empty_table(vocab_size, 1))) * states
 
 

@@ -31,7 +31,7 @@ from gpt_jax.decoding.generator import automata_of
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.errors import InputError, check
 from gpt_jax.serving import slots
-from gpt_jax.serving.constraint_pool import DEFAULT_STATES, SlotConstraints, empty_table
+from gpt_jax.serving.constraint_pool import DEFAULT_STATES, SlotConstraints, empty_table, table_bytes
 from gpt_jax.serving.prefill import Prefiller
 from gpt_jax.serving.prefix_cache import DEFAULT_BUDGET_GB
 from gpt_jax.serving.requests import (
@@ -70,7 +70,7 @@ class Engine:
         check_budget(prefix_cache_gb)
         budget = int(prefix_cache_gb * 2**30)
         self.max_len, chunk = check_options(
-            gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows, budget
+            gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows, budget, constraint_states
         )
         self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
         self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
@@ -362,7 +362,9 @@ def default_chunk(max_len: int) -> int:
     return min(256, max(16, bucket(max_len) // 4))
 
 
-def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int, cache_bytes=0):
+def check_options(
+    gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int, cache_bytes=0, states=0
+):
     """Refuse bad engine options (InputError naming each); returns max_len and chunk with defaults filled in."""
     check_slots(slots_count)
     check(
@@ -389,5 +391,6 @@ def check_options(gen, slots_count, max_queue, chunk, steps_per_dispatch, max_le
         InputError,
         f"chunk must be a power of two >= 16, got {chunk!r}",
     )
-    check_serving_memory(gen.config, slots_count, length, chunk, data_rows, gen.mesh, cache_bytes)
+    table = table_bytes(gen.config.vocab_size, states)
+    check_serving_memory(gen.config, slots_count, length, chunk, data_rows, gen.mesh, cache_bytes, table)
     return length, chunk

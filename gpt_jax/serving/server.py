@@ -23,6 +23,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gpt_jax.decoding.constraints.automaton import compile_automaton
+from gpt_jax.decoding.constraints.spec import PARSERS, row_constraints
 from gpt_jax.decoding.settings import GenerationSettings, draw_seed
 from gpt_jax.errors import GptJaxError
 from gpt_jax.serving import openai_api as api
@@ -170,7 +172,7 @@ class Server:
         settings = api.settings_of(body if generate else {**body, "max_tokens": 1}, self.gen.defaults, 16)
         k = opts["logprobs"]
         prompt_top = k if opts["echo"] and k is not None else (-1 if generate else 0)
-        call = self._start(prompts, settings, k or 0, prompt_top, generate, not api.gives_budget(body))
+        call = await self._start(prompts, settings, k or 0, prompt_top, generate, not api.gives_budget(body))
         kind, prefix = "text_completion", api.new_id("cmpl")
         ids, tok = self._token_ids(opts), self.gen.tokenizer
         echo = [tok.decode(p) if opts["echo"] else "" for p in call.prompts]
@@ -214,7 +216,7 @@ class Server:
                 "messages",
             )
         settings = api.settings_of(body, self.gen.defaults, max(room, 1))
-        call = self._start([ids], settings, opts["top_logprobs"], defaulted=not api.gives_budget(body))
+        call = await self._start([ids], settings, opts["top_logprobs"], defaulted=not api.gives_budget(body))
         kind, prefix = "chat.completion", api.new_id("chatcmpl")
         token_ids = self._token_ids(opts)
 
@@ -266,14 +268,25 @@ class Server:
 
         return ids if opts["return_token_ids"] else lambda row, start=0, end=None: {}
 
-    def _start(self, prompts, settings: dict, top: int, prompt_top=-1, generate=True, defaulted=False) -> Call:
+    async def _start(self, prompts, settings: dict, top: int, prompt_top=-1, generate=True, defaulted=False) -> Call:
         """defaulted: the request set no token budget (see `Call`)."""
+        await asyncio.to_thread(self._compile_constraint, settings)
         stops = settings.pop("stop", None) or []
         if stops:
             settings["stop_ids"] = stop_token_ids(self.gen.tokenizer, stops, MAX_STOP_SEQUENCES, MAX_STOP_TOKENS)
         call = Call(self, prompts, {**settings, "top_logprobs": top}, stops, prompt_top, generate, defaulted)
         call.submit()
         return call
+
+    def _compile_constraint(self, settings: dict) -> None:
+        """The request's automaton compiled into the cache away from the event loop (a large schema takes seconds,
+        which would hold every other request); a bad constraint is left for `Engine.prepare` to report."""
+        given = {kind: settings[kind] for kind in PARSERS if settings.get(kind) is not None}
+        if not given:
+            return
+        with contextlib.suppress(GptJaxError):
+            constraint = row_constraints(1, **given)[0]
+            compile_automaton(constraint.regex, self.gen.tokenizer, self.gen.config.eos_ids)
 
     async def _wait(self, request: HttpRequest, call: Call) -> None:
         """Until every row of the call ends; a client that goes away cancels it."""

@@ -20,6 +20,7 @@ import json
 import re
 from typing import Any
 
+from gpt_jax.decoding.constraints.numbers import BOUNDS, bounded_regex
 from gpt_jax.errors import ConstraintError, check
 
 JSON_DEPTH = 3  # json_object and recursive $ref: objects and arrays nested at most this deep
@@ -27,7 +28,7 @@ MAX_CHOICES = 1024
 # keywords whose meaning the generated regex keeps (checked by the tests with jsonschema), and annotations
 SCHEMA_KEYWORDS = {
     "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const",
-    "anyOf", "$ref", "$defs", "definitions", "minLength", "maxLength", "pattern", "format",
+    "anyOf", "$ref", "$defs", "definitions", "minLength", "maxLength", "pattern", "format", *BOUNDS,
     "title", "description", "default", "examples", "$schema", "$id",
 }  # fmt: skip
 FORMATS = {  # format -> the string pattern it stands for (dates: days 01-28 in February, so every one is a date)
@@ -80,8 +81,13 @@ def schema_dict(value) -> dict:
     return value
 
 
-def check_schema(schema, path: str = "#") -> dict:
-    """The schema with every keyword checked (refused by name if not kept) and formats made patterns."""
+PLACEHOLDER = 8_000_000_000_000_000_000  # bounded numbers stand in the schema as consts from here up
+
+
+def check_schema(schema, path: str = "#", numbers: dict[str, str] | None = None) -> dict:
+    """The schema with every keyword checked (refused by name if not kept) and formats made patterns. A bounded
+    integer or number becomes a const placeholder; `numbers` maps the placeholder's text to its regex."""
+    numbers = {} if numbers is None else numbers
     if isinstance(schema, bool):
         check(schema, ConstraintError, f"json_schema: the schema at {path} is false: nothing is allowed")
         return {}
@@ -96,12 +102,12 @@ def check_schema(schema, path: str = "#") -> dict:
         )
         if key in NESTED:
             check(isinstance(value, dict), ConstraintError, f"json_schema: {path}/{key} must be an object")
-            value = {name: check_schema(sub, f"{path}/{key}/{name}") for name, sub in value.items()}
+            value = {name: check_schema(sub, f"{path}/{key}/{name}", numbers) for name, sub in value.items()}
         elif key == "items":
-            value = check_schema(value, f"{path}/items")
+            value = check_schema(value, f"{path}/items", numbers)
         elif key == "anyOf":
             check(isinstance(value, list) and value, ConstraintError, f"json_schema: {path}/anyOf must be a list")
-            value = [check_schema(sub, f"{path}/anyOf/{i}") for i, sub in enumerate(value)]
+            value = [check_schema(sub, f"{path}/anyOf/{i}", numbers) for i, sub in enumerate(value)]
         elif key == "additionalProperties":
             check(
                 isinstance(value, bool),
@@ -118,6 +124,11 @@ def check_schema(schema, path: str = "#") -> dict:
     if FORMATS.get(out.get("format")):
         check("pattern" not in out, ConstraintError, f"json_schema: {path} has both format and pattern")
         out["pattern"] = FORMATS[out.pop("format")]
+    bounded = bounded_regex(out, path)
+    if bounded is not None:
+        placeholder = PLACEHOLDER + len(numbers)
+        numbers[str(placeholder)] = bounded
+        return {"const": placeholder}
     return out
 
 
@@ -134,11 +145,20 @@ def library():
 
 def _json_schema(value) -> Constraint:
     build_regex_from_schema = library().json_schema.build_regex_from_schema
-    schema = check_schema(schema_dict(value))
+    schema = schema_dict(value)
+    check(
+        str(PLACEHOLDER)[:16] not in json.dumps(schema),
+        ConstraintError,
+        f"json_schema may not hold the digits {str(PLACEHOLDER)[:16]!r} (they mark bounded numbers)",
+    )
+    numbers: dict[str, str] = {}
+    schema = check_schema(schema, numbers=numbers)
     try:
         regex = build_regex_from_schema(json.dumps(schema), whitespace_pattern="", max_recursion_depth=JSON_DEPTH)
     except (ValueError, TypeError) as e:
         raise ConstraintError(f"json_schema cannot be compiled: {e}") from None
+    for placeholder, number in numbers.items():
+        regex = regex.replace(placeholder, number)
     return Constraint("json_schema", ascii_classes(regex))
 
 
