@@ -15,6 +15,7 @@ from gpt_jax.errors import InputError, check
 def check_output_file(path, flag: str) -> Path:
     """`path` can take a file: not a directory, its folder a directory or creatable. An InputError names `flag`."""
     check(isinstance(path, (str, os.PathLike)) and str(path) != "", InputError, f"{flag} must be a file path")
+    check("\x00" not in str(path), InputError, f"{flag} {str(path)!r}: a path may not hold a NUL character")
     target = Path(path)
     check(not target.is_dir(), InputError, f"{flag} {target}: is a directory, not a file")
     check(
