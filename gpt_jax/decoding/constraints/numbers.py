@@ -1,10 +1,11 @@
 """JSON numbers between bounds, as regexes: the `minimum`, `maximum`, `exclusiveMinimum` and `exclusiveMaximum` of
 a schema with type integer or number.
 
-Integers are written as JSON writes them (no leading zeros, no "-0"). Numbers are an integer part and an optional
-fraction (`-12.5`, `3`, `0.25`; no exponent), and their bounds must be whole numbers (`maximum: 2.5` on a number is
-refused; on an integer it means `maximum: 2`). Every string the regex takes is inside the bounds, and every
-integer (and every fraction of a bounded number) inside them is taken.
+Integers are written as JSON writes them (no leading zeros, no "-0"); bounds that are not whole round inwards
+(`maximum: 2.5` on an integer means 2). Numbers are an integer part and an optional fraction (`-12.5`, `3`, `0.25`;
+no exponent), and their bounds are read as written (`0.1` is one tenth, not the float nearest it). Every string the
+regex takes is inside the bounds, and every integer, and every decimal inside them, is taken (a negative zero
+aside: `0` is taken, `-0` is not).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fractions import Fraction
 from gpt_jax.errors import ConstraintError, check
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+MAX_DIGITS = 18  # a bound's digits before the point, and after it, at most
 ANY_FRACTION, ZERO_FRACTION, NONZERO_FRACTION = r"(?:\.[0-9]+)?", r"(?:\.0+)?", r"\.[0-9]*[1-9][0-9]*"
 
 
@@ -61,19 +63,78 @@ def natural_range(lo: int, hi: int | None) -> str | None:
     return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
 
 
-def _magnitudes(lo: int, lo_open: bool, hi: int | None, hi_open: bool) -> str | None:
-    """Decimal magnitudes I(.F)? between whole lo and hi (open or closed ends; hi None: none), or None."""
+def _fraction_digits(value: Fraction) -> str:
+    """The digits after the point of a value with a finite decimal expansion, without trailing zeros."""
+    rest, digits = value - math.floor(value), []
+    while rest:
+        rest *= 10
+        digits.append(str(math.floor(rest)))
+        rest -= math.floor(rest)
+    return "".join(digits)
+
+
+def _digit_run(low: str, low_open: bool, high: str | None, high_open: bool, may_end: bool = True) -> str | None:
+    """The digit runs d (read as 0.d, an empty run as 0) between 0.low and 0.high (high None: no upper end below
+    1), open or closed at each end; `may_end`: the empty run is one of them when its value (0) is. None: none."""
+    if high is None and low == "":
+        return ("[0-9]*" if may_end else "[0-9]+") if not low_open else "[0-9]*[1-9][0-9]*"
+    if high == "" and low == "":
+        return None if low_open or high_open else "0*" if may_end else "0+"
+    parts = []
+    zero_fits = low == "" and not low_open and (high is None or high != "" or not high_open)
+    if may_end and zero_fits:
+        parts.append("")
+    first = int(low[0]) if low else 0
+    last = 9 if high is None else int(high[0]) if high else 0
+    middle = []
+    for d in range(first, last + 1):
+        rest_low = (low[1:], low_open) if d == first and low else ("", low_open and d == first)
+        rest_high = (high[1:], high_open) if high is not None and d == last and high else (
+            ("", high_open) if high is not None and d == last else (None, False))  # fmt: skip
+        if rest_low == ("", False) and rest_high[0] is None:
+            middle.append(d)  # any run follows
+            continue
+        run = _digit_run(*rest_low, *rest_high)
+        if run is not None:
+            parts.append(str(d) + run)
+    if middle:
+        parts.append(_digits(middle[0], middle[-1]) + "[0-9]*")
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+
+def _fraction(low: str, low_open: bool, high: str | None, high_open: bool) -> str | None:
+    """An integer part's optional fraction (`.` and digits, or none) between 0.low and 0.high, or None."""
+    run = _digit_run(low, low_open, high, high_open, may_end=False)
+    none_fits = low == "" and not low_open and (high is None or high != "" or not high_open)
+    fraction = None if run is None else r"\." + run
+    if fraction is None:
+        return "" if none_fits else None
+    return f"(?:{fraction})?" if none_fits else fraction
+
+
+def _magnitudes(lo: Fraction, lo_open: bool, hi: Fraction | None, hi_open: bool) -> str | None:
+    """Decimal magnitudes I(.F)? between lo >= 0 and hi (finite decimals; open or closed; hi None: none), or None."""
     if hi is not None and (hi < lo or (hi == lo and (lo_open or hi_open))):
         return None
-    if hi == lo:
-        return str(lo) + ZERO_FRACTION
-    parts = [str(lo) + (NONZERO_FRACTION if lo_open else ANY_FRACTION)]  # lo <= value < lo + 1
-    middle = natural_range(lo + 1, None if hi is None else hi - 1)  # every fraction
+    whole_lo, digits_lo = math.floor(lo), _fraction_digits(lo)
+    whole_hi, digits_hi = (None, None) if hi is None else (math.floor(hi), _fraction_digits(hi))
+    if whole_hi == whole_lo:
+        fraction = _fraction(digits_lo, lo_open, digits_hi, hi_open)
+        return None if fraction is None else f"{whole_lo}{fraction}"
+    parts = []
+    fraction = _fraction(digits_lo, lo_open, None, False)  # lo's own integer part
+    if fraction is not None:
+        parts.append(f"{whole_lo}{fraction}")
+    middle = natural_range(whole_lo + 1, None if hi is None else whole_hi - 1)  # every fraction
     if middle is not None:
         parts.append(middle + ANY_FRACTION)
-    if hi is not None and not hi_open:
-        parts.append(str(hi) + ZERO_FRACTION)
-    return "(?:" + "|".join(parts) + ")"
+    if hi is not None:
+        fraction = _fraction("", False, digits_hi, hi_open)
+        if fraction is not None:
+            parts.append(f"{whole_hi}{fraction}")
+    return None if not parts else "(?:" + "|".join(parts) + ")"
 
 
 def _either(*parts: str | None) -> str | None:
@@ -89,7 +150,13 @@ def _bounds(schema: dict, path: str) -> tuple[Fraction | None, bool, Fraction | 
             v = schema[key]
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             check(ok, ConstraintError, f"json_schema: {key} (at {path}) must be a finite number, got {v!r}")
-            values[key] = Fraction(v)
+            values[key] = Fraction(repr(v)) if isinstance(v, float) else Fraction(v)  # 0.1 as written
+            check(
+                abs(values[key]) < 10**MAX_DIGITS and len(_fraction_digits(values[key])) <= MAX_DIGITS,
+                ConstraintError,
+                f"json_schema: {key} (at {path}) may have at most {MAX_DIGITS} digits before and after the point, "
+                f"got {v!r}",
+            )
     lower = upper = None
     lower_open = upper_open = False
     for key, is_open in (("minimum", False), ("exclusiveMinimum", True)):
@@ -111,15 +178,16 @@ def integer_regex(lower: int | None, upper: int | None) -> str | None:
     return _either(None if negative is None else "-" + negative, positive)
 
 
-def number_regex(lower: int | None, lower_open: bool, upper: int | None, upper_open: bool) -> str | None:
-    """The JSON numbers (no exponent) between whole bounds, open or closed (None: no end), or None."""
+def number_regex(lower, lower_open: bool, upper, upper_open: bool) -> str | None:
+    """The JSON numbers (no exponent) between bounds with finite decimal expansions (ints or Fractions), open or
+    closed (None: no end), or None."""
     negative = positive = None
     if upper is None or upper >= 0:  # 0 <= value
-        lo, lo_open = (0, False) if lower is None or lower < 0 else (lower, lower_open)
-        positive = _magnitudes(lo, lo_open, upper, upper_open)
+        lo, lo_open = (Fraction(0), False) if lower is None or lower < 0 else (Fraction(lower), lower_open)
+        positive = _magnitudes(lo, lo_open, None if upper is None else Fraction(upper), upper_open)
     if lower is None or lower < 0:  # value < 0: its magnitude between -upper (or 0, open) and -lower
-        lo, lo_open = (0, True) if upper is None or upper >= 0 else (-upper, upper_open)
-        negative = _magnitudes(lo, lo_open, None if lower is None else -lower, lower_open)
+        lo, lo_open = (Fraction(0), True) if upper is None or upper >= 0 else (-Fraction(upper), upper_open)
+        negative = _magnitudes(lo, lo_open, None if lower is None else -Fraction(lower), lower_open)
     return _either(None if negative is None else "-" + negative, positive)
 
 
@@ -141,14 +209,6 @@ def bounded_regex(schema: dict, path: str) -> str | None:
         hi = None if upper is None else math.ceil(upper) - 1 if upper_open else math.floor(upper)
         regex = integer_regex(lo, hi)
     else:
-        for v in (lower, upper):
-            check(
-                v is None or v.denominator == 1,
-                ConstraintError,
-                f"json_schema: the bounds of a number (at {path}) must be whole numbers, got {float(v)}",
-            )
-        regex = number_regex(
-            None if lower is None else int(lower), lower_open, None if upper is None else int(upper), upper_open
-        )
+        regex = number_regex(lower, lower_open, upper, upper_open)
     check(regex is not None, ConstraintError, f"json_schema: no {kind} lies within the bounds at {path}")
     return regex
