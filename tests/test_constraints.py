@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from gpt_jax.decoding.generator import Generator
 from gpt_jax.errors import ConstraintError
 from gpt_jax.model.presets import GPT2_TINY
 from gpt_jax.text.hf_tokenizer import HFTokenizer
+from tests.conftest import run_cli
 
 ROWS = 24  # seeds sampled per constraint, in one batch (row_seeds)
 
@@ -290,3 +292,20 @@ def test_stream_and_stop_strings_keep_working(byte_level):
 def test_bad_constraints_are_refused_by_name(sentencepiece, settings, words):
     with pytest.raises(ConstraintError, match=re.escape(words)):
         sentencepiece.generate(["a", "b"], max_new_tokens=4, **settings)
+
+
+def test_the_readme_shows_what_the_bundled_model_prints_under_its_schema(capsys, tmp_path):
+    """The README's structured-output example: its schema, run through `gpt-jax generate --json-schema` on the
+    bundled model, prints the output the README shows, which is valid under the schema."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Structured output: regex, choice, JSON schema")[1]
+    code = section.split("```python\n")[1].split("gen.generate(")[0]
+    scope: dict = {}
+    exec(code, scope)  # the example's `schema = {...}`
+    (tmp_path / "person.json").write_text(json.dumps(scope["schema"]))
+    shown = section.split("What the bundled model printed")[1].split("```\n")[1]
+    status, out, err = run_cli(capsys, ["generate", "ROMEO, as JSON:", "--json-schema", str(tmp_path / "person.json"),
+                                        "--seed", "0", "--max-new-tokens", "120"])  # fmt: skip
+    assert status == 0, err
+    assert out == shown, "the README shows other output than the command prints"
+    jsonschema.validate(json.loads(out[len("ROMEO, as JSON:") :]), scope["schema"])

@@ -16,7 +16,7 @@ import pytest
 
 class Line(pydantic.BaseModel):
     speaker: str = pydantic.Field(max_length=12)
-    act: int
+    act: int = pydantic.Field(ge=1, le=5)  # minimum and maximum in the schema
     words: list[str] = pydantic.Field(max_length=2)
 
 

@@ -17,7 +17,7 @@ from gpt_jax.errors import ConstraintError, check
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 MAX_DIGITS = 18  # a bound's digits before the point, and after it, at most
-ANY_FRACTION, ZERO_FRACTION, NONZERO_FRACTION = r"(?:\.[0-9]+)?", r"(?:\.0+)?", r"\.[0-9]*[1-9][0-9]*"
+ANY_FRACTION = r"(?:\.[0-9]+)?"
 
 
 def _digits(lo: int, hi: int) -> str:
@@ -88,9 +88,8 @@ def _digit_run(low: str, low_open: bool, high: str | None, high_open: bool, may_
     last = 9 if high is None else int(high[0]) if high else 0
     middle = []
     for d in range(first, last + 1):
-        rest_low = (low[1:], low_open) if d == first and low else ("", low_open and d == first)
-        rest_high = (high[1:], high_open) if high is not None and d == last and high else (
-            ("", high_open) if high is not None and d == last else (None, False))  # fmt: skip
+        rest_low = (low[1:], low_open) if d == first else ("", False)  # above low's digit: any rest
+        rest_high = (None, False) if high is None or d < last else (high[1:], high_open)
         if rest_low == ("", False) and rest_high[0] is None:
             middle.append(d)  # any run follows
             continue
