@@ -125,3 +125,36 @@ def test_the_pool_places_shares_evicts_and_refuses(served_gen):
     assert (table.accepting[third : third + least.states] == least.accepting).all()
     with pytest.raises(ConstraintError, match="constraint-states"):
         pool.check_fits(compile_automaton("[a-z]{40}", tok, eos))
+
+
+def test_a_constraint_compiles_while_the_server_goes_on_serving(server, monkeypatch):
+    """A request's automaton is compiled off the event loop: while the compile is held, /health still answers."""
+    import threading
+
+    import httpx
+
+    from gpt_jax.serving import server as server_module
+
+    entered, release = threading.Event(), threading.Event()
+    real = server_module.compile_automaton
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=60)  # until /health has answered (a blocked event loop never lets it)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "compile_automaton", held)
+    client = server.client()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            client.completions.create, model="shakespeare", prompt="Date:", max_tokens=16, seed=4,
+            extra_body={"guided_regex": r"\d{2}/\d{2}"},
+        )  # fmt: skip
+        assert entered.wait(timeout=60)
+        try:
+            health = httpx.get(server.url + "/health", timeout=20)
+        finally:
+            release.set()
+        assert health.status_code == 200 and not pending.done()
+        out = pending.result(timeout=120)
+    assert re.fullmatch(r"[0-9]{2}/[0-9]{2}", out.choices[0].text)
