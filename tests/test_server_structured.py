@@ -133,17 +133,17 @@ def test_a_constraint_compiles_while_the_server_goes_on_serving(server, monkeypa
 
     import httpx
 
-    from gpt_jax.serving import server as server_module
+    from gpt_jax.decoding import generator  # Engine.prepare compiles through generator.automata_of
 
     entered, release = threading.Event(), threading.Event()
-    real = server_module.compile_automaton
+    real = generator.compile_automaton
 
     def held(*args, **kwargs):
         entered.set()
         release.wait(timeout=60)  # until /health has answered (a blocked event loop never lets it)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "compile_automaton", held)
+    monkeypatch.setattr(generator, "compile_automaton", held)
     client = server.client()
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(

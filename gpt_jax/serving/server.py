@@ -23,8 +23,6 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gpt_jax.decoding.constraints.automaton import compile_automaton
-from gpt_jax.decoding.constraints.spec import PARSERS, row_constraints
 from gpt_jax.decoding.settings import GenerationSettings, draw_seed
 from gpt_jax.errors import GptJaxError
 from gpt_jax.serving import openai_api as api
@@ -41,15 +39,17 @@ class Call:
     """One HTTP request's prompts in the engine, their rows' text, and the events still to come."""
 
     def __init__(
-        self, server: Server, prompts, settings: dict, stops: list[str], prompt_top=-1, generate=True, defaulted=False
-    ):
-        """prompt_top = k >= 0: score the prompts too (k alternatives); generate=False: only that (echo with
-        max_tokens 0): the engine prefills and scores each prompt, which may fill the context, and generates
-        nothing. defaulted: the request gave no max_tokens (an error then says the value was the default)."""
+        self, server: Server, loop, prompts, settings: dict, stops: list[str], prompt_top=-1, generate=True,
+        defaulted=False,
+    ):  # fmt: skip
+        """loop: the server's event loop, which takes the engine's events (the call may be made in a worker thread,
+        as `Server._start` makes it: a constraint's automaton may take seconds to compile). prompt_top = k >= 0:
+        score the prompts too (k alternatives); generate=False: only that (echo with max_tokens 0): the engine
+        prefills and scores each prompt, which may fill the context, and generates nothing. defaulted: the request
+        gave no max_tokens (an error then says the value was the default)."""
         self.server, self.prompts, self.generate = server, prompts, generate
         self.prompt_scores: dict[int, object] = {}
         self.events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
         tok = server.gen.tokenizer
         self.requests, self.rows = [], []
         seed = settings.get("seed")
@@ -270,23 +270,14 @@ class Server:
 
     async def _start(self, prompts, settings: dict, top: int, prompt_top=-1, generate=True, defaulted=False) -> Call:
         """defaulted: the request set no token budget (see `Call`)."""
-        await asyncio.to_thread(self._compile_constraint, settings)
         stops = settings.pop("stop", None) or []
         if stops:
             settings["stop_ids"] = stop_token_ids(self.gen.tokenizer, stops, MAX_STOP_SEQUENCES, MAX_STOP_TOKENS)
-        call = Call(self, prompts, {**settings, "top_logprobs": top}, stops, prompt_top, generate, defaulted)
+        settings = {**settings, "top_logprobs": top}
+        loop = asyncio.get_running_loop()  # the requests are prepared off it, so a compiling automaton holds no other
+        call = await asyncio.to_thread(Call, self, loop, prompts, settings, stops, prompt_top, generate, defaulted)
         call.submit()
         return call
-
-    def _compile_constraint(self, settings: dict) -> None:
-        """The request's automaton compiled into the cache away from the event loop (a large schema takes seconds,
-        which would hold every other request); a bad constraint is left for `Engine.prepare` to report."""
-        given = {kind: settings[kind] for kind in PARSERS if settings.get(kind) is not None}
-        if not given:
-            return
-        with contextlib.suppress(GptJaxError):
-            constraint = row_constraints(1, **given)[0]
-            compile_automaton(constraint.regex, self.gen.tokenizer, self.gen.config.eos_ids)
 
     async def _wait(self, request: HttpRequest, call: Call) -> None:
         """Until every row of the call ends; a client that goes away cancels it."""

@@ -73,6 +73,11 @@ def _fraction_digits(value: Fraction) -> str:
     return "".join(digits)
 
 
+def _zero_fits(low: str, low_open: bool, high: str | None, high_open: bool) -> bool:
+    """Is 0 (an empty digit run, or no fraction) between 0.low and 0.high (high None: no upper end)?"""
+    return low == "" and not low_open and (high is None or high != "" or not high_open)
+
+
 def _digit_run(low: str, low_open: bool, high: str | None, high_open: bool, may_end: bool = True) -> str | None:
     """The digit runs d (read as 0.d, an empty run as 0) between 0.low and 0.high (high None: no upper end below
     1), open or closed at each end; `may_end`: the empty run is one of them when its value (0) is. None: none."""
@@ -80,10 +85,7 @@ def _digit_run(low: str, low_open: bool, high: str | None, high_open: bool, may_
         return ("[0-9]*" if may_end else "[0-9]+") if not low_open else "[0-9]*[1-9][0-9]*"
     if high == "" and low == "":
         return None if low_open or high_open else "0*" if may_end else "0+"
-    parts = []
-    zero_fits = low == "" and not low_open and (high is None or high != "" or not high_open)
-    if may_end and zero_fits:
-        parts.append("")
+    parts = [""] if may_end and _zero_fits(low, low_open, high, high_open) else []
     first = int(low[0]) if low else 0
     last = 9 if high is None else int(high[0]) if high else 0
     middle = []
@@ -106,11 +108,10 @@ def _digit_run(low: str, low_open: bool, high: str | None, high_open: bool, may_
 def _fraction(low: str, low_open: bool, high: str | None, high_open: bool) -> str | None:
     """An integer part's optional fraction (`.` and digits, or none) between 0.low and 0.high, or None."""
     run = _digit_run(low, low_open, high, high_open, may_end=False)
-    none_fits = low == "" and not low_open and (high is None or high != "" or not high_open)
-    fraction = None if run is None else r"\." + run
-    if fraction is None:
+    none_fits = _zero_fits(low, low_open, high, high_open)
+    if run is None:
         return "" if none_fits else None
-    return f"(?:{fraction})?" if none_fits else fraction
+    return rf"(?:\.{run})?" if none_fits else rf"\.{run}"
 
 
 def _magnitudes(lo: Fraction, lo_open: bool, hi: Fraction | None, hi_open: bool) -> str | None:
