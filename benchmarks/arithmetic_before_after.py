@@ -7,6 +7,7 @@ process, alternating: first call, tokens/s of the best of two further calls, pea
         [--out benchmarks/results/arithmetic.json]
 
 --wide-batch: one more batch size decoded for 1 token (the first call of a very wide batch).
+--previous CHECKOUT: a third checkout's default arithmetic beside them (e.g. the commit before a change).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 import gpt_jax
-from gpt_jax.model.presets import PRESETS
+try:
+    from gpt_jax.model.presets import PRESETS
+except ImportError:  # a checkout from before the package's layout change
+    from gpt_jax.config import PRESETS
 shape, arithmetic, batch, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 gen = gpt_jax.load() if shape == "bundled" else gpt_jax.Generator.from_config(PRESETS[shape], key=0)
 if hasattr(gen, "with_arithmetic"):
@@ -57,6 +61,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--wide-batch", type=int, default=2048)
     ap.add_argument("--wide-without-before", action="store_true", help="the wide batch from this checkout only")
+    ap.add_argument("--previous", type=Path, help="a third checkout, run with its default arithmetic")
     ap.add_argument("--out", default="benchmarks/results/arithmetic.json")
     args = ap.parse_args()
     here = Path(__file__).resolve().parents[1]
@@ -64,14 +69,15 @@ def main() -> int:
     rows = []
     for batch, tokens in plan:
         row = {"shape": args.shape, "batch": batch, "new_tokens": tokens}
-        for name, checkout, arithmetic in (("before", args.before, "exact"), ("exact", here, "exact"),
-                                           ("fast", here, "fast")):
-            if name == "before" and tokens == 1 and args.wide_without_before:
+        runs = [("before", args.before, "exact")] + ([("previous", args.previous, "exact")] if args.previous else [])
+        for name, checkout, arithmetic in runs + [("exact", here, "exact"), ("fast", here, "fast")]:
+            if name in ("before", "previous") and tokens == 1 and args.wide_without_before:
                 continue
             row[name] = run(checkout, args.shape, arithmetic, batch, tokens)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        out = {"machine": platform.processor() or platform.machine(), "before": str(args.before), "rows": rows}
+        out = {"machine": platform.processor() or platform.machine(), "before": str(args.before),
+               "previous": str(args.previous) if args.previous else None, "rows": rows}
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")  # after each row: a stopped run keeps its rows
     return 0
 

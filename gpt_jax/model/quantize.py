@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.model.params import map_named
+from gpt_jax.model.kernels import cpu_products
 from gpt_jax.model.row_invariant import at_least_two, dense_tile, rows_alike
 
 
@@ -84,6 +85,8 @@ def contract(spec: str, x: jax.Array, w, out_dtype=None, *, invariant: bool = Fa
     x contracts its last `w.in_axes` axes with w's first ones, and the output is x's other axes then w's others.
     """
     if not isinstance(w, Int8Kernel):
+        if invariant and cpu_products.usable(x, w):  # one fixed order per element: no tiles needed
+            return cpu_products.row_product(x, w)
         tile = _tile(x, w.shape, 1)
         return rows_alike(lambda x: jnp.einsum(spec, x, w, preferred_element_type=out_dtype), x, invariant, tile)
     if not w.activations:

@@ -38,6 +38,7 @@ from gpt_jax.model.layers import (
 from gpt_jax.model.moe import SparseMoE
 from gpt_jax.model.params import flatten
 from gpt_jax.model.quantize import contract
+from gpt_jax.model.kernels import cpu_products
 from gpt_jax.model.row_invariant import ForwardMode, dense_tile, rows_alike
 
 
@@ -100,7 +101,9 @@ class Transformer(nn.Module):
         x = Norm(cfg, name="final_norm")(x, mode)
         if last_only:
             x = x[:, -1:]
-        if cfg.tie_embeddings:
+        if cfg.tie_embeddings and mode.row_invariant and cpu_products.usable(x, embedding):
+            logits = cpu_products.row_product(x, embedding, weight_rows=True)
+        elif cfg.tie_embeddings:
             head = lambda x: jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
             tile = lambda: dense_tile(*embedding.shape[::-1], x.dtype, transposed=True)
             logits = rows_alike(head, x, mode.row_invariant, tile)

@@ -1,0 +1,317 @@
+// Row-invariant products for XLA:CPU, called through XLA's FFI.
+//
+//   gpt_jax_rows_by_columns:  x [M, K] times w [K, N] -> y [M, N]
+//   gpt_jax_rows_by_rows:     x [M, K] times w [N, K] (a weight stored with its output axis first, like a tied
+//                             embedding) -> y [M, N]
+//
+// Every output element is computed by one fixed sequence of fused multiply-adds that depends on K alone:
+// rows_by_columns adds x[m, k] * w[k, n] for k = 0, 1, ..., K - 1 into one accumulator; rows_by_rows keeps 16
+// accumulators (accumulator l takes the k with k % 16 == l, in order) and adds them up in a fixed tree. How many
+// rows are multiplied together, how the work is split into register blocks or between threads, and the vector
+// width of the machine (AVX-512, AVX2 or none) change which elements are computed together, never the sequence
+// that gives one of them: a row's values are bit-identical at any row count, and on any x86-64 machine.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kLanes = 16;  // values per vector step (two 8-wide halves on AVX2, 16 scalars without vectors)
+
+#if defined(__AVX512F__)
+struct V {
+  __m512 v;
+};
+inline V load(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline void store(float* p, V a) { _mm512_storeu_ps(p, a.v); }
+inline V zero() { return {_mm512_setzero_ps()}; }
+inline V broadcast(float a) { return {_mm512_set1_ps(a)}; }
+inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+#elif defined(__AVX2__) && defined(__FMA__)
+struct V {
+  __m256 lo, hi;
+};
+inline V load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline void store(float* p, V a) {
+  _mm256_storeu_ps(p, a.lo);
+  _mm256_storeu_ps(p + 8, a.hi);
+}
+inline V zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline V broadcast(float a) { return {_mm256_set1_ps(a), _mm256_set1_ps(a)}; }
+inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+#else
+struct V {
+  float f[kLanes];
+};
+inline V load(const float* p) {
+  V a;
+  std::memcpy(a.f, p, sizeof a.f);
+  return a;
+}
+inline void store(float* p, V a) { std::memcpy(p, a.f, sizeof a.f); }
+inline V broadcast(float b) {
+  V a;
+  for (float& x : a.f) x = b;
+  return a;
+}
+inline V zero() { return broadcast(0.f); }
+inline V fma(V a, V b, V c) {
+  V r;
+  for (int i = 0; i < kLanes; ++i) r.f[i] = std::fma(a.f[i], b.f[i], c.f[i]);
+  return r;
+}
+#endif
+
+inline void prefetch(const float* p) { __builtin_prefetch(p, 0, 3); }
+
+// The last K % 16 values of a row, zero-padded to a vector (zeros add exact zeros to an accumulator).
+inline V load_tail(const float* p, int64_t count) {
+  float buf[kLanes] = {0.f};
+  std::memcpy(buf, p, count * sizeof(float));
+  return load(buf);
+}
+
+// The fixed tree over one vector's 16 accumulators: t[i] += t[i + w] for w = 8, 4, 2, 1, then t[0].
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+inline float add_halves(__m256 s8) {  // from the level of width 4 on
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+#endif
+#if defined(__AVX512F__)
+inline float add_lanes(V a) {
+  __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1));
+  return add_halves(_mm256_add_ps(_mm512_castps512_ps256(a.v), hi));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+inline float add_lanes(V a) { return add_halves(_mm256_add_ps(a.lo, a.hi)); }
+#else
+inline float add_lanes(V a) {
+  float t[kLanes];
+  store(t, a);
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) t[i] = t[i] + t[i + width];
+  return t[0];
+}
+#endif
+
+struct Shape {
+  const float* x;
+  const float* w;
+  float* y;
+  int64_t M, K, N;
+};
+
+// ---- x [M, K] times w [K, N] ------------------------------------------------------------------------------------
+
+constexpr int64_t kPrefetchRows = 8;  // weight rows read ahead
+
+// rows m0..m0+R-1 times columns n0..n0+16C-1, over k0..k1-1, with R*C accumulators in registers; they start
+// from zero at k0 = 0 and otherwise from the partial sums stored in y (a float stored and loaded is the same
+// float, so splitting K into spans leaves each element's sequence as it is)
+template <int R, int C>
+inline void columns_block(const Shape& s, int64_t m0, int64_t n0, int64_t k0, int64_t k1) {
+  V acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = k0 ? load(s.y + (m0 + r) * s.N + n0 + c * kLanes) : zero();
+  const float* wp = s.w + k0 * s.N + n0;
+  const float* xp = s.x + m0 * s.K;
+  for (int64_t k = k0; k < k1; ++k, wp += s.N) {
+    if (k + kPrefetchRows < k1)
+      for (int c = 0; c < C; c += 4) prefetch(wp + kPrefetchRows * s.N + c * kLanes);
+    V wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = load(wp + c * kLanes);
+    for (int r = 0; r < R; ++r) {
+      V xv = broadcast(xp[r * s.K + k]);
+      for (int c = 0; c < C; ++c) acc[r][c] = fma(xv, wv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) store(s.y + (m0 + r) * s.N + n0 + c * kLanes, acc[r][c]);
+}
+
+constexpr int64_t kDepth = 256;  // contracted values per span when rows come in several blocks
+
+// all rows times 16C columns from n0: six rows at a time, then the rest. With more than one block of rows, K is
+// taken in spans of kDepth so that the weight's span stays in the cache while every block of rows uses it.
+template <int C>
+void columns_rows(const Shape& s, int64_t n0) {
+  const int64_t depth = s.M > 6 ? kDepth : s.K;
+  for (int64_t k0 = 0; k0 < s.K; k0 += depth) {
+    const int64_t k1 = std::min(s.K, k0 + depth);
+    int64_t m = 0;
+    for (; m + 6 <= s.M; m += 6) columns_block<6, C>(s, m, n0, k0, k1);
+    switch (s.M - m) {
+      case 5: columns_block<5, C>(s, m, n0, k0, k1); break;
+      case 4: columns_block<4, C>(s, m, n0, k0, k1); break;
+      case 3: columns_block<3, C>(s, m, n0, k0, k1); break;
+      case 2: columns_block<2, C>(s, m, n0, k0, k1); break;
+      case 1: columns_block<1, C>(s, m, n0, k0, k1); break;
+      default: break;
+    }
+  }
+}
+
+// columns that do not fill a vector: one at a time, the same sequence of fused multiply-adds
+void columns_scalar(const Shape& s, int64_t n0, int64_t n1) {
+  for (int64_t m = 0; m < s.M; ++m)
+    for (int64_t n = n0; n < n1; ++n) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < s.K; ++k) acc = std::fma(s.x[m * s.K + k], s.w[k * s.N + n], acc);
+      s.y[m * s.N + n] = acc;
+    }
+}
+
+// columns n0..n1-1: one row streams up to 256 columns per pass over the weight, more rows 64
+void columns_span(const Shape& s, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  if (s.M == 1) {
+    for (; n + 256 <= n1; n += 256) columns_block<1, 16>(s, 0, n, 0, s.K);
+    for (; n + 128 <= n1; n += 128) columns_block<1, 8>(s, 0, n, 0, s.K);
+  }
+  for (; n + 64 <= n1; n += 64) columns_rows<4>(s, n);
+  for (; n + kLanes <= n1; n += kLanes) columns_rows<1>(s, n);
+  if (n < n1) columns_scalar(s, n, n1);
+}
+
+// ---- x [M, K] times w [N, K] ------------------------------------------------------------------------------------
+
+template <int R, int C>
+inline void rows_block(const Shape& s, int64_t m0, int64_t n0) {
+  V acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = zero();
+  const int64_t whole = s.K / kLanes * kLanes;
+  const float* xp = s.x + m0 * s.K;
+  const float* wp = s.w + n0 * s.K;
+  for (int64_t k = 0; k < whole; k += kLanes) {
+    V wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = load(wp + c * s.K + k);
+    for (int r = 0; r < R; ++r) {
+      V xv = load(xp + r * s.K + k);
+      for (int c = 0; c < C; ++c) acc[r][c] = fma(xv, wv[c], acc[r][c]);
+    }
+  }
+  if (whole < s.K) {
+    V wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = load_tail(wp + c * s.K + whole, s.K - whole);
+    for (int r = 0; r < R; ++r) {
+      V xv = load_tail(xp + r * s.K + whole, s.K - whole);
+      for (int c = 0; c < C; ++c) acc[r][c] = fma(xv, wv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) s.y[(m0 + r) * s.N + n0 + c] = add_lanes(acc[r][c]);
+}
+
+// all rows times C weight rows from n0: four rows at a time, then the rest
+template <int C>
+void rows_rows(const Shape& s, int64_t n0) {
+  int64_t m = 0;
+  for (; m + 4 <= s.M; m += 4) rows_block<4, C>(s, m, n0);
+  switch (s.M - m) {
+    case 3: rows_block<3, C>(s, m, n0); break;
+    case 2: rows_block<2, C>(s, m, n0); break;
+    case 1: rows_block<1, C>(s, m, n0); break;
+    default: break;
+  }
+}
+
+// weight rows n0..n1-1: one row streams 16 weight rows at once, more rows 4
+void rows_span(const Shape& s, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  if (s.M == 1)
+    for (; n + 16 <= n1; n += 16) rows_block<1, 16>(s, 0, n);
+  for (; n + 4 <= n1; n += 4) rows_rows<4>(s, n);
+  for (; n < n1; ++n) rows_rows<1>(s, n);
+}
+
+// ---- threads ----------------------------------------------------------------------------------------------------
+
+// Units of work handed out from a counter to the calling thread and to helpers on XLA's intra-op pool; the caller
+// takes units too, so the product finishes even when no helper ever starts.
+struct Work {
+  Shape shape;
+  void (*span)(const Shape&, int64_t, int64_t);
+  int64_t width, units;
+  std::atomic<int64_t> next{0}, done{0};
+  void run() {
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+      span(shape, u * width, std::min(shape.N, (u + 1) * width));
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+// Output columns per unit of work: `widest` where that still makes 8 units or more (work for every thread with
+// little left over), else narrower, down to `narrowest`.
+int64_t unit_width(int64_t N, int64_t narrowest, int64_t widest) {
+  int64_t width = widest;
+  while (width > narrowest && N < 8 * width) width /= 2;
+  return width;
+}
+
+ffi::Error product(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, bool weight_rows) {
+  auto wd = w.dimensions();
+  if (wd.size() != 2) return ffi::Error::InvalidArgument("row products: the weight must have two axes");
+  const int64_t K = weight_rows ? wd[1] : wd[0], N = weight_rows ? wd[0] : wd[1];
+  auto xd = x.dimensions();
+  if (xd.size() < 1 || xd.back() != K)
+    return ffi::Error::InvalidArgument("row products: x's last axis must be the weight's contracted axis");
+  const int64_t M = K ? x.element_count() / K : 0;
+  if (y->element_count() != M * N) return ffi::Error::InvalidArgument("row products: the result must be [M, N]");
+  auto work = std::make_shared<Work>();
+  work->shape = {x.typed_data(), w.typed_data(), y->typed_data(), M, K, N};
+  work->span = weight_rows ? rows_span : columns_span;
+  work->width = unit_width(N, weight_rows ? 16 : 64, weight_rows ? 16 : 256);
+  work->units = (N + work->width - 1) / work->width;
+  if (M == 0 || K == 0) {
+    std::fill(y->typed_data(), y->typed_data() + M * N, 0.f);
+    return ffi::Error::Success();
+  }
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->units) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->run(); });
+  work->run();
+  while (work->done.load(std::memory_order_acquire) < work->units) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+ffi::Error rows_by_columns(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::ResultBuffer<ffi::F32> y) {
+  return product(pool, x, w, y, false);
+}
+
+ffi::Error rows_by_rows(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> y) {
+  return product(pool, x, w, y, true);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(gpt_jax_rows_by_columns, rows_by_columns,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(gpt_jax_rows_by_rows, rows_by_rows,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

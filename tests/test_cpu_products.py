@@ -1,0 +1,126 @@
+"""The CPU product kernel (gpt_jax/model/kernels): a row's values at any row count, on any build, and close to the
+exact product; its use in decode steps and its fallback."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gpt_jax
+from gpt_jax.decoding import loop
+from gpt_jax.model.kernels import cpu_products
+from gpt_jax.model.row_invariant import ForwardMode
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU kernel")
+
+# contracted width, output width: the presets' products and ragged ones (not whole vectors, not whole units)
+SHAPES = [(768, 2304), (3072, 768), (256, 50), (771, 130), (13, 7), (1, 33)]
+ROW_COUNTS = [1, 2, 3, 4, 5, 6, 7, 8, 13, 16, 17, 64, 255]
+feed = jax.jit(loop.feed, static_argnums=(0, 5))
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """The kernel built for this machine, for AVX2 (x86-64-v3) and for plain x86-64, registered side by side."""
+    if not cpu_products.enabled():
+        pytest.fail("the CPU kernel is not enabled in the test process (it is the default on one CPU device)")
+    directory = tmp_path_factory.mktemp("kernels")
+    prefixes = {"native": None}
+    if platform.machine() in ("x86_64", "AMD64"):
+        for march, tag in (("x86-64-v3", "avx2"), ("x86-64", "plain")):
+            prefixes[tag] = cpu_products.register(cpu_products.build(march, directory), f"test_{tag}")
+    return prefixes
+
+
+def _values(shape, rows=300, seed=0):
+    k, n = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, k), dtype=np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    return x, w
+
+
+@pytest.mark.parametrize("weight_rows", [False, True], ids=["w[K,N]", "w[N,K]"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_a_rows_values_do_not_depend_on_the_row_count_or_the_build(builds, shape, weight_rows):
+    x, w = _values(shape)
+    w_arg = np.ascontiguousarray(w.T) if weight_rows else w
+    reference = x.astype(np.float64) @ w.astype(np.float64)
+    results = {}
+    for tag, prefix in builds.items():
+        product = jax.jit(lambda x, w: cpu_products.row_product(x, w, weight_rows, prefix))
+        full = np.asarray(product(x, w_arg))
+        for m in ROW_COUNTS:
+            np.testing.assert_array_equal(np.asarray(product(x[:m], w_arg)), full[:m], err_msg=f"{tag}, {m} rows")
+        # every row alone, offset in the batch: row 37 alone equals row 37 of 300
+        np.testing.assert_array_equal(np.asarray(product(x[37:38], w_arg)), full[37:38])
+        results[tag] = full
+    for tag, full in results.items():
+        np.testing.assert_array_equal(full, results["native"], err_msg=f"{tag} build against this machine's")
+    np.testing.assert_allclose(results["native"], reference, rtol=0, atol=2e-5 * np.abs(reference).max())
+
+
+def test_each_element_is_the_fused_multiply_add_sequence_the_source_states(builds):
+    """rows_by_columns: acc = fma(x[k], w[k, n], acc) for k = 0..K-1, against that sequence emulated in numpy: the
+    float64 product of two float32 values is exact, and its sum with acc rounded to float64 and then to float32
+    equals one rounding except in cases of probability about 2**-29 per term (none among these 555)."""
+    x, w = _values((37, 5), rows=3, seed=1)
+    got = np.asarray(jax.jit(cpu_products.row_product)(x, w))
+    acc = np.zeros((3, 5), np.float32)
+    for k in range(37):
+        acc = (x[:, k : k + 1].astype(np.float64) * w[k].astype(np.float64) + acc).astype(np.float32)
+    np.testing.assert_array_equal(got, acc)
+
+
+def test_output_shape_follows_the_weights_other_axes():
+    x = jnp.ones((2, 3, 8), jnp.float32)
+    w = jnp.ones((8, 4, 5), jnp.float32)
+    out = jax.jit(cpu_products.row_product)(x, w)
+    assert out.shape == (2, 3, 4, 5)
+    np.testing.assert_array_equal(np.asarray(out), 8.0)
+    head = jax.jit(lambda x, e: cpu_products.row_product(x, e, weight_rows=True))(x, jnp.ones((11, 8)))
+    assert head.shape == (2, 3, 11)
+
+
+@pytest.mark.parametrize("arithmetic", ["exact", "fast"])
+def test_exact_decode_steps_use_the_kernel_and_nothing_else_does(arithmetic):
+    """The bundled model's exact decode step calls the kernel for every product, its tied head included (the
+    custom calls are in the program); its prefill, and every pass of the fast arithmetic, keep XLA's products."""
+    gen = gpt_jax.load().with_arithmetic(arithmetic)
+    cache, pad = gen.programs.new_cache(3, 32), jnp.zeros((3,), jnp.int32)
+
+    def program(tokens, mode):
+        return feed.lower(gen.programs.logits_fn, gen.params, tokens, pad, cache, mode).as_text()
+
+    decode = program(jnp.ones((3, 1), jnp.int32), ForwardMode.DECODE)
+    prefill = program(jnp.ones((3, 8), jnp.int32), ForwardMode.PREFILL)
+    per_layer = 4 + (3 if gen.config.mlp == "swiglu" else 2)  # q k v o, gate up down
+    if arithmetic == "exact":
+        assert decode.count("@gpt_jax_rows_by_columns(") == per_layer * gen.config.n_layers
+        assert decode.count("@gpt_jax_rows_by_rows(") == 1  # the tied head
+    else:
+        assert "gpt_jax_rows_by" not in decode
+    assert "gpt_jax_rows_by" not in prefill
+
+
+def test_without_a_compiler_it_warns_and_falls_back(tmp_path):
+    """CXX naming no compiler: a RuntimeWarning that says so, and generation still works (XLA's tiles)."""
+    script = (
+        "import warnings, gpt_jax\n"
+        "from gpt_jax.model.kernels import cpu_products\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert not cpu_products.enabled()\n"
+        "assert any('could not be built' in str(w.message) for w in caught), caught\n"
+        "out = gpt_jax.load().generate(['To be'], max_new_tokens=3, temperature=0.0)\n"
+        "print('generated', repr(out.texts[0]))\n"
+    )
+    env = {**os.environ, "CXX": "/nonexistent/c++", "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generated" in done.stdout
