@@ -135,8 +135,9 @@ class Generator:
         """`mesh`: a jax.sharding.Mesh with axes ("data", "model"), Auto or Explicit; params are placed by the
         `sharding` rules. `defaults`: the checkpoint's own settings ({name: value}), used where a call sets none.
         `arithmetic`: "exact" (a row's tokens never depend on its batch-mates, the batch size or speculation) or
-        "fast" (XLA's own arithmetic: a lone row at the matrix-vector kernel's speed, no such promise); it holds for
-        every call and every program of this Generator: generate, stream, speculation and the server alike."""
+        "fast" (XLA's own arithmetic, no such promise: on XLA:CPU exact's own product kernel is about as fast, see
+        README, "Speed"; elsewhere fast may be faster); it holds for every call and every program of this Generator:
+        generate, stream, speculation and the server alike."""
         if mesh is not None:
             mesh = sharding.auto_axes(mesh)
             params = sharding.shard_params(config, params, mesh)
