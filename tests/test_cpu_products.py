@@ -77,6 +77,25 @@ def test_each_element_is_the_fused_multiply_add_sequence_the_source_states(build
     np.testing.assert_array_equal(got, acc)
 
 
+def test_batched_products_are_each_their_own_and_blind_to_query_count_and_trailing_zeros():
+    """x [R, M, K] times w [R, K, N] (attention's): product r equals the unbatched product of x[r] and w[r]; its
+    first rows are the same at any M; zero rows of x and w appended along K (the probabilities and values of
+    unfilled cache slots) change nothing, bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 17, 40), dtype=np.float32)
+    w = rng.standard_normal((6, 40, 70), dtype=np.float32)
+    batched = jax.jit(cpu_products.batched_row_product)
+    full = np.asarray(batched(x, w))
+    single = jax.jit(cpu_products.row_product)
+    for r in range(6):
+        np.testing.assert_array_equal(full[r], np.asarray(single(x[r], w[r])))
+    for m in (1, 2, 5, 16):
+        np.testing.assert_array_equal(np.asarray(batched(x[:, :m], w)), full[:, :m])
+    padded_x = np.concatenate([x, np.zeros((6, 17, 88), np.float32)], axis=2)
+    padded_w = np.concatenate([w, rng.standard_normal((6, 88, 70), dtype=np.float32)], axis=1)
+    np.testing.assert_array_equal(np.asarray(batched(padded_x, padded_w)), full)
+
+
 def test_output_shape_follows_the_weights_other_axes():
     x = jnp.ones((2, 3, 8), jnp.float32)
     w = jnp.ones((8, 4, 5), jnp.float32)
@@ -99,7 +118,7 @@ def test_exact_decode_steps_use_the_kernel_and_nothing_else_does(arithmetic):
 
     decode = program(jnp.ones((3, 1), jnp.int32), ForwardMode.DECODE)
     prefill = program(jnp.ones((3, 8), jnp.int32), ForwardMode.PREFILL)
-    per_layer = 4 + (3 if gen.config.mlp == "swiglu" else 2)  # q k v o, gate up down
+    per_layer = 4 + (3 if gen.config.mlp == "swiglu" else 2) + 2  # q k v o, gate up down, scores and values
     if arithmetic == "exact":
         assert decode.count("@gpt_jax_rows_by_columns(") == per_layer * gen.config.n_layers
         assert decode.count("@gpt_jax_rows_by_rows(") == 1  # the tied head

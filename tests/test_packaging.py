@@ -51,6 +51,7 @@ def test_the_wheel_holds_every_subpackage_and_asset(installed, tmp_path):
     assert shipped == source
     for asset in ("shakespeare/model.safetensors", "shakespeare/tokenizer.model", "corpus/shakespeare_sample.txt"):
         assert (installed / "gpt_jax" / "assets" / asset).is_file(), asset
+    assert (installed / "gpt_jax" / "model" / "kernels" / "row_products.cc").is_file()  # the CPU kernel's source
     rooms = sorted(p.parent.name for p in (ROOT / "gpt_jax").glob("*/__init__.py"))
     code = "import importlib, gpt_jax; [importlib.import_module('gpt_jax.' + r) for r in %r]; print(gpt_jax.__file__)"
     env = {**os.environ, "PYTHONPATH": str(installed)}

@@ -21,6 +21,7 @@ from gpt_jax.model.kv_cache import cache_layout
 from gpt_jax.model.numerics import MASK_VALUE
 from gpt_jax.model.quantize import Int8Kernel, contract
 from gpt_jax.model.rope import dynamic_frequencies, inverse_frequencies
+from gpt_jax.model.kernels import cpu_products
 from gpt_jax.model.row_invariant import ForwardMode, key_blocks, last_axis_mean, softmax, tiled
 
 init_weight = nn.initializers.normal(0.02)
@@ -165,9 +166,12 @@ class Attention(nn.Module):
             key, value = cache_layout(key, value)  # [B*K, H, T], [B*K, T, H]
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
+        kernel = invariant and cpu_products.usable(q, key) and value.dtype == jnp.float32
         tile = lambda product, x: tiled(product, x, 1) if invariant else product(x)  # queries in tiles, or whole
         product = lambda q, key: jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32)
-        if invariant:  # query tiles of key blocks: each product's shape is one of a few, whatever B, T and S
+        if kernel:  # one fixed sequence per score, whatever the query count and the cache length
+            scores = cpu_products.batched_row_product(q, key)
+        elif invariant:  # query tiles of key blocks: each product's shape is one of a few, whatever B, T and S
             scores = tiled(lambda q: key_blocks(lambda key: product(q, key), key), q, 1)
         else:
             scores = product(q, key)
@@ -179,7 +183,10 @@ class Attention(nn.Module):
             .astype(value.dtype)
             .reshape(b * k, g * t, -1)
         )
-        out = tile(lambda p: jnp.einsum("RQS,RSH->RQH", p, value), probs).reshape(b, k, g, t, h)
+        if kernel:  # trailing slots' zero probabilities add exact zeros to the fixed sequence over the slots
+            out = cpu_products.batched_row_product(probs, value).reshape(b, k, g, t, h)
+        else:
+            out = tile(lambda p: jnp.einsum("RQS,RSH->RQH", p, value), probs).reshape(b, k, g, t, h)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)  # [B, T, N*H]: heads in the kernel's order
         w_o = weight(self, "o_kernel", out_init, (n, h, d), dtype, (HEADS, HEAD_DIM, EMBED), 2)
         y = contract("BTI,IO->BTO", out, _merge_heads(w_o), invariant=invariant)

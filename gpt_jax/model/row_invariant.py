@@ -40,11 +40,13 @@ XLA's own sums and whole products, so a lone row takes the matrix-vector kernel 
 generate, streams, speculation and the server all use the Generator's programs, so the choice cannot differ
 between them.
 
-On XLA:CPU with one device, a decode step's and verification pass's float32 weight products do not go through
-rows_alike at all: they come from a kernel of our own (model/kernels/cpu_products.py), which computes every
-element by one fixed sequence of multiply-adds whatever the row count, so it needs no tiles, reads each weight
-once per product and runs a lone row at about the read bandwidth. Everything else (int8 and bfloat16 weights,
-attention's products, other backends, a CPU process with several devices) keeps the tiles below.
+On XLA:CPU with one device, a decode step's and verification pass's float32 products, the weights' and
+attention's two, do not go through rows_alike, tiled or key_blocks at all: they come from a kernel of our own
+(model/kernels/cpu_products.py), which computes every element by one fixed sequence of multiply-adds whatever the
+row count (and, for attention, whatever the number of query rows and cache slots: a score depends on its own query
+and key only, and unfilled slots' zero probabilities add exact zeros), so it needs no tiles, reads each weight once
+per product and runs a lone row at about the read bandwidth. Everything else (int8 and bfloat16 weights and
+caches, other backends, a CPU process with several devices) keeps the tiles below.
 
 tests/test_row_invariant.py measures the kernel classes this relies on for the model's shapes, and that a row's
 logits are bit-identical at any batch size and any number of positions; tests/test_cpu_products.py does the same

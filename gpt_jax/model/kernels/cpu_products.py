@@ -149,3 +149,11 @@ def row_product(x: jax.Array, w: jax.Array, weight_rows: bool = False, prefix: s
     name = f"{prefix}_{TARGETS[1] if weight_rows else TARGETS[0]}"
     flat = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct((x.size // max(k, 1), n), jnp.float32))
     return flat(x.reshape(-1, k), w2).reshape(out_shape)
+
+
+def batched_row_product(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [R, M, K] times w [R, K, N] -> [R, M, N]: R products on their own (attention's, one per row and kv head),
+    each element by the same fixed sequence as row_product. float32 only."""
+    r, m, _ = x.shape
+    call = jax.ffi.ffi_call(f"{_registered()}_{TARGETS[0]}", jax.ShapeDtypeStruct((r, m, w.shape[2]), jnp.float32))
+    return call(x, w)

@@ -1,6 +1,7 @@
 // Row-invariant products for XLA:CPU, called through XLA's FFI.
 //
-//   gpt_jax_rows_by_columns:  x [M, K] times w [K, N] -> y [M, N]
+//   gpt_jax_rows_by_columns:  x [M, K] times w [K, N] -> y [M, N], or batched: x [R, M, K] times w [R, K, N] ->
+//                             y [R, M, N] (each of the R products on its own, as attention's are)
 //   gpt_jax_rows_by_rows:     x [M, K] times w [N, K] (a weight stored with its output axis first, like a tied
 //                             embedding) -> y [M, N]
 //
@@ -243,14 +244,20 @@ void rows_span(const Shape& s, int64_t n0, int64_t n1) {
 
 // Units of work handed out from a counter to the calling thread and to helpers on XLA's intra-op pool; the caller
 // takes units too, so the product finishes even when no helper ever starts.
+// With a batch of R products, unit u is unit u % per_product of product u / per_product.
 struct Work {
-  Shape shape;
+  Shape shape;  // of product 0
   void (*span)(const Shape&, int64_t, int64_t);
-  int64_t width, units;
+  int64_t width, per_product, units;
   std::atomic<int64_t> next{0}, done{0};
   void run() {
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
-      span(shape, u * width, std::min(shape.N, (u + 1) * width));
+      const int64_t r = u / per_product, c = u % per_product;
+      Shape s = shape;
+      s.x += r * s.M * s.K;
+      s.w += r * s.K * s.N;
+      s.y += r * s.M * s.N;
+      span(s, c * width, std::min(s.N, (c + 1) * width));
       done.fetch_add(1, std::memory_order_release);
     }
   }
@@ -267,22 +274,28 @@ int64_t unit_width(int64_t N, int64_t narrowest, int64_t widest) {
 ffi::Error product(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, bool weight_rows) {
   auto wd = w.dimensions();
-  if (wd.size() != 2) return ffi::Error::InvalidArgument("row products: the weight must have two axes");
-  const int64_t K = weight_rows ? wd[1] : wd[0], N = weight_rows ? wd[0] : wd[1];
   auto xd = x.dimensions();
-  if (xd.size() < 1 || xd.back() != K)
-    return ffi::Error::InvalidArgument("row products: x's last axis must be the weight's contracted axis");
-  const int64_t M = K ? x.element_count() / K : 0;
-  if (y->element_count() != M * N) return ffi::Error::InvalidArgument("row products: the result must be [M, N]");
+  const bool batched = wd.size() == 3 && !weight_rows;
+  if (wd.size() != 2 && !batched)
+    return ffi::Error::InvalidArgument("row products: the weight must be [K, N], [N, K] or [R, K, N]");
+  const int64_t R = batched ? wd[0] : 1, K = wd[wd.size() - (weight_rows ? 1 : 2)];
+  const int64_t N = wd[wd.size() - (weight_rows ? 2 : 1)];
+  if (xd.size() < 1 || xd.back() != K || (batched && (xd.size() != 3 || xd[0] != R)))
+    return ffi::Error::InvalidArgument("row products: x must be [M, K], or [R, M, K] beside a weight [R, K, N]");
+  const int64_t M = K && R ? x.element_count() / (K * R) : 0;
+  if (y->element_count() != R * M * N)
+    return ffi::Error::InvalidArgument("row products: the result must be [M, N] or [R, M, N]");
+  if (R * M * N == 0) return ffi::Error::Success();
+  if (K == 0) {
+    std::fill(y->typed_data(), y->typed_data() + R * M * N, 0.f);
+    return ffi::Error::Success();
+  }
   auto work = std::make_shared<Work>();
   work->shape = {x.typed_data(), w.typed_data(), y->typed_data(), M, K, N};
   work->span = weight_rows ? rows_span : columns_span;
   work->width = unit_width(N, weight_rows ? 16 : 64, weight_rows ? 16 : 256);
-  work->units = (N + work->width - 1) / work->width;
-  if (M == 0 || K == 0) {
-    std::fill(y->typed_data(), y->typed_data() + M * N, 0.f);
-    return ffi::Error::Success();
-  }
+  work->per_product = (N + work->width - 1) / work->width;
+  work->units = R * work->per_product;
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->units) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->run(); });
   work->run();
