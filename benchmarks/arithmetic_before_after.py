@@ -1,6 +1,6 @@
 """The decode of the bundled model (or a random preset shape) from two checkouts, each configuration in a fresh
-process, alternating: first call, tokens/s of the best of the further calls (--calls, default 2), peak memory. The checkout given by
---before runs its own default arithmetic; this one runs exact and fast.
+process, alternating: first call, tokens/s of the best of the further calls (--calls, default 2), peak memory. The
+checkout given by --before runs its own default arithmetic; this one runs exact and fast.
 
     python benchmarks/arithmetic_before_after.py --before /path/to/old/checkout [--shape bundled]
         [--batches 1 16 64 256] [--new-tokens 32] [--wide-batch 2048] [--wide-without-before] [--calls 2]
@@ -28,7 +28,8 @@ try:
     from gpt_jax.model.presets import PRESETS
 except ImportError:  # a checkout from before the package's layout change
     from gpt_jax.config import PRESETS
-shape, arithmetic, batch, new_tokens, calls = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+shape, arithmetic = sys.argv[1], sys.argv[2]
+batch, new_tokens, calls = (int(a) for a in sys.argv[3:6])
 gen = gpt_jax.load() if shape == "bundled" else gpt_jax.Generator.from_config(PRESETS[shape], key=0)
 if hasattr(gen, "with_arithmetic"):
     gen = gen.with_arithmetic(arithmetic)

@@ -18,9 +18,13 @@ ENV = "GPT_JAX_COMPILE_CACHE"
 OFF = ("off", "0", "false", "no")
 
 
+def cache_home() -> Path:
+    """Where gpt_jax keeps what it builds for this machine: $XDG_CACHE_HOME/gpt_jax, else ~/.cache/gpt_jax."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt_jax"
+
+
 def default_directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gpt_jax" / "xla"
+    return cache_home() / "xla"
 
 
 def enable_compile_cache(directory: str | os.PathLike | None = None) -> Path | None:

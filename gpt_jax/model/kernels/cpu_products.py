@@ -35,6 +35,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.util.compile_cache import cache_home
+
 SOURCE = Path(__file__).with_name("row_products.cc")
 ENV = "GPT_JAX_CPU_KERNELS"
 TARGETS = ("rows_by_columns", "rows_by_rows")
@@ -42,8 +44,7 @@ BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-w"
 
 
 def cache_directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gpt_jax" / "kernels"
+    return cache_home() / "kernels"
 
 
 def _cpu_flags() -> str:
@@ -117,14 +118,10 @@ def _registered() -> str | None:
         return None
 
 
+@functools.cache
 def enabled() -> bool:
     """Whether decode products in this process come from the kernel: the CPU backend, one device, not turned off
     by GPT_JAX_CPU_KERNELS=0, and the kernel built. Decided once per process."""
-    return _enabled()
-
-
-@functools.cache
-def _enabled() -> bool:
     if os.environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no"):
         return False
     if jax.default_backend() != "cpu" or jax.device_count() != 1:
