@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU ke
 
 # contracted width, output width: the presets' products and ragged ones (not whole vectors, not whole units)
 SHAPES = [(768, 2304), (3072, 768), (256, 50), (771, 130), (13, 7), (1, 33)]
-ROW_COUNTS = [1, 2, 3, 4, 5, 6, 7, 8, 13, 16, 17, 64, 255]
+ROW_COUNTS = [1, 2, 3, 4, 5, 6, 7, 8, 13, 16, 17, 64, 255, 384, 385, 700]  # past 384: several panels
 feed = jax.jit(loop.feed, static_argnums=(0, 5))
 
 
@@ -37,7 +37,7 @@ def builds(tmp_path_factory):
     return prefixes
 
 
-def _values(shape, rows=300, seed=0):
+def _values(shape, rows=800, seed=0):
     k, n = shape
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, k), dtype=np.float32)
@@ -57,7 +57,7 @@ def test_a_rows_values_do_not_depend_on_the_row_count_or_the_build(builds, shape
         full = np.asarray(product(x, w_arg))
         for m in ROW_COUNTS:
             np.testing.assert_array_equal(np.asarray(product(x[:m], w_arg)), full[:m], err_msg=f"{tag}, {m} rows")
-        # every row alone, offset in the batch: row 37 alone equals row 37 of 300
+        # every row alone, offset in the batch: row 37 alone equals row 37 of 800
         np.testing.assert_array_equal(np.asarray(product(x[37:38], w_arg)), full[37:38])
         results[tag] = full
     for tag, full in results.items():
@@ -107,9 +107,10 @@ def test_output_shape_follows_the_weights_other_axes():
 
 
 @pytest.mark.parametrize("arithmetic", ["exact", "fast"])
-def test_exact_decode_steps_use_the_kernel_and_nothing_else_does(arithmetic):
-    """The bundled model's exact decode step calls the kernel for every product, its tied head included (the
-    custom calls are in the program); its prefill, and every pass of the fast arithmetic, keep XLA's products."""
+def test_exact_passes_use_the_kernel_and_fast_ones_do_not(arithmetic):
+    """The bundled model's exact decode step and prefill call the kernel for every product, the tied head and the
+    attention's sum over the slots included (the custom calls are in the program); no pass of the fast arithmetic
+    does."""
     gen = gpt_jax.load().with_arithmetic(arithmetic)
     cache, pad = gen.programs.new_cache(3, 32), jnp.zeros((3,), jnp.int32)
 
@@ -118,13 +119,14 @@ def test_exact_decode_steps_use_the_kernel_and_nothing_else_does(arithmetic):
 
     decode = program(jnp.ones((3, 1), jnp.int32), ForwardMode.DECODE)
     prefill = program(jnp.ones((3, 8), jnp.int32), ForwardMode.PREFILL)
-    per_layer = 4 + (3 if gen.config.mlp == "swiglu" else 2) + 2  # q k v o, gate up down, scores and values
-    if arithmetic == "exact":
-        assert decode.count("@gpt_jax_rows_by_columns(") == per_layer * gen.config.n_layers
-        assert decode.count("@gpt_jax_rows_by_rows(") == 1  # the tied head
-    else:
-        assert "gpt_jax_rows_by" not in decode
-    assert "gpt_jax_rows_by" not in prefill
+    # q k v o, gate up down, scores, the softmax's sum and probabilities times values
+    per_layer = 4 + (3 if gen.config.mlp == "swiglu" else 2) + 3
+    for text in (decode, prefill):
+        if arithmetic == "exact":
+            assert text.count("@gpt_jax_rows_by_columns(") == per_layer * gen.config.n_layers
+            assert text.count("@gpt_jax_rows_by_rows(") == 1  # the tied head
+        else:
+            assert "gpt_jax_rows_by" not in text
 
 
 def test_without_a_compiler_it_warns_and_falls_back(tmp_path):

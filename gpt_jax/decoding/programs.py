@@ -93,7 +93,7 @@ class CompiledPrograms:
 
     def logits_fn(self, params, tokens, positions, mask, cache, mode: ForwardMode, last_only: bool = False):
         if self.arithmetic == "fast":
-            mode = ForwardMode.PREFILL  # XLA's own arithmetic for every pass
+            mode = ForwardMode.FAST  # XLA's own arithmetic for every pass
         return self.model.apply({"params": params}, tokens, positions, mask, cache, mode=mode, last_only=last_only)
 
     def new_cache(self, rows: int, length: int) -> KVCache:

@@ -18,6 +18,7 @@ from gpt_jax.decoding import penalties
 from gpt_jax.decoding.constraints import device as automata
 from gpt_jax.decoding.sampling import SamplingParams, row_keys, sample, sanitize, step_keys
 from gpt_jax.model.numerics import MASK_VALUE
+from gpt_jax.model.row_invariant import vocabulary_softmax
 
 RUNNING, EOS, LENGTH, STOP = 0, 1, 2, 3  # finish reasons
 FINISH_NAMES = {RUNNING: None, EOS: "eos", LENGTH: "length", STOP: "stop"}
@@ -128,5 +129,5 @@ def match_stop(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
 
 def top_alternatives(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """The k most likely ids [B, k] under the raw distribution of `logits` [B, V], and their log-probabilities."""
-    values, ids = jax.lax.top_k(jax.nn.log_softmax(sanitize(logits), axis=-1), k)
+    values, ids = jax.lax.top_k(vocabulary_softmax(sanitize(logits), log=True), k)
     return values, ids.astype(jnp.int32)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.model.numerics import MASK_VALUE
+from gpt_jax.model.row_invariant import vocabulary_softmax
 
 LOGIT_LIMIT = 1e20  # raw logits are clipped to +-LOGIT_LIMIT (NaN -> -LOGIT_LIMIT)
 SCALED_LIMIT = 1e28  # logits / temperature are clipped to +-SCALED_LIMIT
@@ -100,6 +101,18 @@ def _largest_threshold(enough: Callable[[jax.Array], jax.Array], rows: int) -> j
     return jax.lax.fori_loop(0, 32, body, (lo, hi))[0]
 
 
+UNIT = 2.0**31  # fixed-point units per unit of probability in top-p's sums
+UNITS_OFF = 0xFFFFFFFF  # a budget no sum reaches: every token kept
+
+
+def _fixed_point(p: jax.Array) -> jax.Array:
+    """Probabilities as uint32 multiples of 2**-31, rounded to nearest. Top-p adds them up many times per step; an
+    integer sum is exact in any order, so a row's kept set cannot depend on how XLA vectorizes the reduction for
+    its batch (a float sum over [B, V] is YNNPACK's past 4096 elements, XLA's below). Each value is off by at most
+    2**-32; a row's total stays under 2**32."""
+    return jnp.round(p * UNIT).astype(jnp.uint32)
+
+
 def _keep_top(keys: jax.Array, weights: jax.Array, budget: jax.Array) -> jax.Array:
     """[B, V] mask: token i is kept when the weight ranked above it is < budget [B].
 
@@ -131,13 +144,15 @@ def _filter(x: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]
     everything = jnp.ones(scaled.shape, bool)
     keep = jax.lax.cond(
         jnp.any(top_k < v),
-        lambda: _keep_top(keys, jnp.ones_like(scaled), top_k.astype(jnp.float32)),
+        lambda: _keep_top(keys, jnp.ones(scaled.shape, jnp.uint32), top_k.astype(jnp.uint32)),
         lambda: everything,
     )  # the bisections run only when some row uses the filter
-    probs = jax.nn.softmax(jnp.where(keep, scaled, MASK_VALUE), axis=-1)
+    probs = vocabulary_softmax(jnp.where(keep, scaled, MASK_VALUE))
     top_p = jnp.where(params.top_p >= 1.0, 2.0, params.top_p)  # 1 means off (float rounding must not drop tokens)
     # ranked by scaled logit (as a sort of the logits would), so logits whose probabilities round equal stay ordered
-    keep &= jax.lax.cond(jnp.any(top_p <= 1.0), lambda: _keep_top(keys, probs, top_p), lambda: everything)
+    budget = jnp.where(top_p <= 1.0, _fixed_point(jnp.minimum(top_p, 1.0)), jnp.uint32(UNITS_OFF))
+    mass = lambda: _keep_top(keys, _fixed_point(probs), budget)
+    keep &= jax.lax.cond(jnp.any(top_p <= 1.0), mass, lambda: everything)
     keep &= probs >= params.min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
     return scaled, keep
 
@@ -153,7 +168,7 @@ def process_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
 
 def probabilities(logits: jax.Array, params: SamplingParams) -> jax.Array:
     """[B, V] the exact distribution `sample` draws from."""
-    return jax.nn.softmax(process_logits(logits, params), axis=-1)
+    return vocabulary_softmax(process_logits(logits, params))
 
 
 def _draw(keys: jax.Array, x: jax.Array, params: SamplingParams) -> jax.Array:
@@ -180,7 +195,7 @@ def sample(
         jnp.all(params.temperature <= 0), lambda: greedy, lambda: _draw(keys, x, params).astype(jnp.int32)
     )
     tokens = jnp.where(params.temperature <= 0, greedy, drawn)
-    logprobs = jax.nn.log_softmax(x if raw_logits is None else sanitize(raw_logits), axis=-1)
+    logprobs = vocabulary_softmax(x if raw_logits is None else sanitize(raw_logits), log=True)
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
 
 

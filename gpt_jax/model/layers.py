@@ -22,7 +22,15 @@ from gpt_jax.model.numerics import MASK_VALUE
 from gpt_jax.model.quantize import Int8Kernel, contract
 from gpt_jax.model.rope import dynamic_frequencies, inverse_frequencies
 from gpt_jax.model.kernels import cpu_products
-from gpt_jax.model.row_invariant import ForwardMode, key_blocks, last_axis_mean, softmax, tiled
+from gpt_jax.model.row_invariant import (
+    ForwardMode,
+    element_order_sum,
+    key_blocks,
+    last_axis_mean,
+    row_max,
+    softmax,
+    tiled,
+)
 
 init_weight = nn.initializers.normal(0.02)
 # Logical axis names of the weights: sharding maps them onto mesh axes (sharding.RULES).
@@ -94,7 +102,7 @@ class Norm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mode: ForwardMode) -> jax.Array:  # [B, T, D] or [B, T, N, H], the same out
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        invariant = mode.row_invariant
+        invariant = mode.fixed_order
         size, axis = (cfg.head_dim, HEAD_DIM) if self.per_head else (cfg.d_model, EMBED)
         scale = weight(self, "scale", nn.initializers.ones, (size,), dtype, (axis,))
         x32 = x.astype(jnp.float32)
@@ -143,13 +151,13 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, cache, mode: ForwardMode):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        invariant = mode.row_invariant
+        invariant, exact = mode.row_invariant, mode.fixed_order
         n, k, h, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
 
         def proj(name, heads, heads_axis):
             w = weight(self, f"{name}_kernel", init_weight, (d, heads, h), dtype, (EMBED, heads_axis, HEAD_DIM), 1)
-            y = contract("BTD,DNH->BTNH", x, w, invariant=invariant)
+            y = contract("BTD,DNH->BTNH", x, w, invariant=invariant, kernel=exact)
             if cfg.attn_bias or cfg.qkv_bias:
                 y = y + weight(self, f"{name}_bias", nn.initializers.zeros, (heads, h), dtype, (heads_axis, HEAD_DIM))
             if cfg.qk_norm and name != "v":
@@ -166,7 +174,7 @@ class Attention(nn.Module):
             key, value = cache_layout(key, value)  # [B*K, H, T], [B*K, T, H]
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
-        kernel = invariant and cpu_products.usable(q, key) and value.dtype == jnp.float32
+        kernel = exact and cpu_products.usable(q, key) and value.dtype == jnp.float32
         tile = lambda product, x: tiled(product, x, 1) if invariant else product(x)  # queries in tiles, or whole
         product = lambda q, key: jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32)
         if kernel:  # one fixed sequence per score, whatever the query count and the cache length
@@ -178,18 +186,18 @@ class Attention(nn.Module):
         scores = softcap(scores / math.sqrt(cfg.attn_scalar or h), cfg.attn_softcap)
         scores = scores.reshape(b, k, g, t, -1)  # [B, K, G, T, S]
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-        probs = (
-            (softmax(scores) if invariant else jax.nn.softmax(scores, axis=-1))
-            .astype(value.dtype)
-            .reshape(b * k, g * t, -1)
-        )
+        if kernel:
+            probs = slot_order_softmax(scores)
+        else:
+            probs = softmax(scores) if invariant else jax.nn.softmax(scores, axis=-1)
+        probs = probs.astype(value.dtype).reshape(b * k, g * t, -1)
         if kernel:  # trailing slots' zero probabilities add exact zeros to the fixed sequence over the slots
             out = cpu_products.batched_row_product(probs, value).reshape(b, k, g, t, h)
         else:
             out = tile(lambda p: jnp.einsum("RQS,RSH->RQH", p, value), probs).reshape(b, k, g, t, h)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)  # [B, T, N*H]: heads in the kernel's order
         w_o = weight(self, "o_kernel", out_init, (n, h, d), dtype, (HEADS, HEAD_DIM, EMBED), 2)
-        y = contract("BTI,IO->BTO", out, _merge_heads(w_o), invariant=invariant)
+        y = contract("BTI,IO->BTO", out, _merge_heads(w_o), invariant=invariant, kernel=exact)
         if cfg.attn_bias:
             y = y + weight(self, "o_bias", nn.initializers.zeros, (d,), dtype, (EMBED,))
         return y, cache
@@ -209,7 +217,7 @@ class MLP(nn.Module):
         def dense(name, inputs, axes, init=init_weight):
             shape = tuple({EMBED: d, MLP_WIDTH: f}[a] for a in axes)
             kernel = weight(self, f"{name}_kernel", init, shape, dtype, axes, 1)
-            y = contract("BTI,IO->BTO", inputs, kernel, invariant=mode.row_invariant)
+            y = contract("BTI,IO->BTO", inputs, kernel, invariant=mode.row_invariant, kernel=mode.fixed_order)
             if cfg.mlp_bias:
                 y = y + weight(self, f"{name}_bias", nn.initializers.zeros, shape[1:], dtype, axes[1:])
             return y
@@ -220,6 +228,15 @@ class MLP(nn.Module):
             hidden = act(dense("up", x, (EMBED, MLP_WIDTH)))
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
         return dense("down", hidden, (MLP_WIDTH, EMBED), out_init)
+
+
+def slot_order_softmax(scores: jax.Array) -> jax.Array:
+    """[..., S] -> [..., S]: softmax over the cache slots with the sum taken by the CPU kernel in slot order (one
+    accumulator from slot 0 up), so zero probabilities before a row's first key (left padding) and after its last
+    (unfilled slots) add exact zeros: a row's probabilities are the same wherever its keys sit in the cache and
+    however long the cache is. The max is exact in any order."""
+    shifted = jnp.exp(scores - jax.lax.stop_gradient(row_max(scores, keepdims=True)))
+    return shifted / element_order_sum(shifted)
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:

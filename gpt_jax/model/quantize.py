@@ -77,15 +77,18 @@ def _tile(x: jax.Array, w_shape: tuple, in_axes: int):
     return lambda: dense_tile(math.prod(w_shape[:in_axes]), math.prod(w_shape[in_axes:]), x.dtype)
 
 
-def contract(spec: str, x: jax.Array, w, out_dtype=None, *, invariant: bool = False) -> jax.Array:
+def contract(spec: str, x: jax.Array, w, out_dtype=None, *, invariant: bool = False, kernel=None) -> jax.Array:
     """einsum(spec, x, w) for a float kernel; for an `Int8Kernel` the same product from its int8 values.
     `invariant`: a decode step's or verification pass's product, in row tiles (row_invariant.rows_alike); x is then
     [B, T, ..., I].
 
+    `kernel` (default: `invariant`): a float32 product may come from the CPU kernel (a row-invariant pass, or a
+    prefill that `ForwardMode.fixed_order` says is exact).
+
     x contracts its last `w.in_axes` axes with w's first ones, and the output is x's other axes then w's others.
     """
     if not isinstance(w, Int8Kernel):
-        if invariant and cpu_products.usable(x, w):  # one fixed order per element: no tiles needed
+        if (invariant if kernel is None else kernel) and cpu_products.usable(x, w):  # one fixed order per element: no tiles needed
             return cpu_products.row_product(x, w)
         tile = _tile(x, w.shape, 1)
         return rows_alike(lambda x: jnp.einsum(spec, x, w, preferred_element_type=out_dtype), x, invariant, tile)

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.errors import InputError, check
+from gpt_jax.model.kernels import cpu_products
 
 TILE_SIZES = (2, 3, 4, 6, 8, 9, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # the row counts a tile is tried at
 MAX_ROW_TILE = TILE_SIZES[-1]
@@ -82,13 +83,23 @@ ARITHMETICS = ("exact", "fast")
 class ForwardMode(enum.Enum):
     """What a forward pass is, said by its caller; it decides the arithmetic."""
 
-    PREFILL = "prefill"  # a prompt or a chunk of one: XLA's own sums and whole products
+    PREFILL = "prefill"  # a prompt or a chunk of one: the kernel's products and fixed sums where the kernel runs
     DECODE = "decode"  # one new position per row: row-invariant
     VERIFY = "verify"  # k + 1 proposed positions per row, checked at once: row-invariant, like k + 1 decode steps
+    FAST = "fast"  # any pass under arithmetic="fast" (and parameter init): XLA's own sums and whole products
 
     @property
     def row_invariant(self) -> bool:
-        return self is not ForwardMode.PREFILL
+        """Row-invariant whatever the backend: products in measured tiles where the kernel does not run."""
+        return self in (ForwardMode.DECODE, ForwardMode.VERIFY)
+
+    @property
+    def fixed_order(self) -> bool:
+        """Fixed-order sums, and float32 products from the CPU kernel where it runs: every row-invariant pass, and
+        a prefill in a process where the kernel is enabled (there a prompt's numbers do not depend on its
+        batch-mates, its padding or how it is chunked; elsewhere a prefill keeps XLA's own arithmetic, as tiles
+        would make a long prompt slow)."""
+        return self.row_invariant or (self is ForwardMode.PREFILL and cpu_products.enabled())
 
 
 def check_arithmetic(arithmetic) -> str:
@@ -102,14 +113,16 @@ def check_arithmetic(arithmetic) -> str:
 
 
 def _pairwise(x: jax.Array, combine, fill: float, keepdims: bool) -> jax.Array:
-    """Reduce the last axis by `combine` over neighbours, level by level, padded with `fill` to a power of two."""
+    """Reduce the last axis by `combine`, level by level (each element with the one half the width after it), padded
+    with `fill` to a power of two. Padding to a larger power of two changes nothing: the first levels then combine
+    each element with `fill`."""
     n = x.shape[-1]
     width = 1 << max(0, math.ceil(math.log2(max(n, 1))))
     if width != n:
         x = jnp.concatenate([x, jnp.full((*x.shape[:-1], width - n), fill, x.dtype)], axis=-1)
-    while x.shape[-1] > 1:
-        pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-        x = combine(pairs[..., 0], pairs[..., 1])
+    while x.shape[-1] > 1:  # element i with element i + half: contiguous halves, which vectorize
+        half = x.shape[-1] // 2
+        x = combine(x[..., :half], x[..., half:])
     return x if keepdims else x[..., 0]
 
 
@@ -135,6 +148,25 @@ def softmax(x: jax.Array) -> jax.Array:
     rounds otherwise than XLA's, so a row's probabilities changed once its batch-mates made the array that big."""
     shifted = jnp.exp(x - jax.lax.stop_gradient(row_max(x, keepdims=True)))
     return shifted / row_sum(shifted, keepdims=True)
+
+
+def element_order_sum(x: jax.Array) -> jax.Array:
+    """[..., N] -> [..., 1]: the sum over the last axis from the CPU kernel, one accumulator from element 0 up (x
+    times a column of ones), so zeros before the first value and after the last add exact zeros, and a row's sum is
+    the same in any array. Only where `cpu_products.enabled()`."""
+    return cpu_products.row_product(x, jnp.ones((x.shape[-1], 1), jnp.float32))
+
+
+def vocabulary_softmax(x: jax.Array, log: bool = False) -> jax.Array:
+    """[B, V] -> [B, V]: a sampler's softmax (or log-softmax) over the vocabulary. Where the CPU kernel runs, its
+    sum is element_order_sum and its max is exact in any order, so a row's values do not depend on its batch-mates
+    (XLA's reduce over [B, V] is YNNPACK's past 4096 elements and XLA's below, so [1, V] and [2, V] rounded
+    otherwise); elsewhere XLA's own."""
+    if not cpu_products.enabled():
+        return jax.nn.log_softmax(x, axis=-1) if log else jax.nn.softmax(x, axis=-1)
+    shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    exp = jnp.exp(shifted)
+    return shifted - jnp.log(element_order_sum(exp)) if log else exp / element_order_sum(exp)
 
 
 def at_least_two(x: jax.Array, axis: int) -> jax.Array:

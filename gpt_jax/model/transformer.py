@@ -101,7 +101,7 @@ class Transformer(nn.Module):
         x = Norm(cfg, name="final_norm")(x, mode)
         if last_only:
             x = x[:, -1:]
-        if cfg.tie_embeddings and mode.row_invariant and cpu_products.usable(x, embedding):
+        if cfg.tie_embeddings and mode.fixed_order and cpu_products.usable(x, embedding):
             logits = cpu_products.row_product(x, embedding, weight_rows=True)
         elif cfg.tie_embeddings:
             head = lambda x: jnp.einsum("BTD,VD->BTV", x, embedding, preferred_element_type=jnp.float32)
@@ -109,7 +109,7 @@ class Transformer(nn.Module):
             logits = rows_alike(head, x, mode.row_invariant, tile)
         else:
             head = weight(self, "lm_head", init_weight, (cfg.d_model, cfg.vocab_size), dtype, (EMBED, VOCAB), 1)
-            logits = contract("BTD,DV->BTV", x, head, jnp.float32, invariant=mode.row_invariant)
+            logits = contract("BTD,DV->BTV", x, head, jnp.float32, invariant=mode.row_invariant, kernel=mode.fixed_order)
         logits = softcap(logits, cfg.final_softcap)
         if cache is not None:
             cache = cache.advance(tokens.shape[1])
@@ -119,7 +119,7 @@ class Transformer(nn.Module):
 def _init_weights(config: ModelConfig, key: jax.Array) -> dict:
     """Random parameters, each a `WeightInfo` (the array with its declared axes)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
-    return Transformer(config).init(key, tokens, tokens, jnp.ones((1, 1, 1), bool), mode=ForwardMode.PREFILL)["params"]
+    return Transformer(config).init(key, tokens, tokens, jnp.ones((1, 1, 1), bool), mode=ForwardMode.FAST)["params"]
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:

@@ -29,7 +29,7 @@ from gpt_jax.decoding.rows import MAX_STOP_SEQUENCES, MAX_STOP_TOKENS, RowConstr
 from gpt_jax.decoding.rows import top_alternatives
 from gpt_jax.decoding.sampling import SamplingParams, sanitize
 from gpt_jax.model.kv_cache import KVCache
-from gpt_jax.model.row_invariant import ForwardMode
+from gpt_jax.model.row_invariant import ForwardMode, vocabulary_softmax
 
 MIN_ATTEND = 256  # the smallest number of positions a decode dispatch attends to
 VIEW_FRACTION = 4  # a bucket is used when it is at most 1 / VIEW_FRACTION of the slots' length
@@ -128,7 +128,7 @@ def prefill_chunk(
     logits, cache = loop.feed(logits_fn, params, tokens, pad_len, cache, ForwardMode.PREFILL)
     scores = None
     if prompt_top >= 0:
-        logprobs = jax.nn.log_softmax(sanitize(logits), axis=-1)
+        logprobs = vocabulary_softmax(sanitize(logits), log=True)
         scores = {"logprobs": jnp.take_along_axis(logprobs, following[..., None], axis=-1)[..., 0]}
         if prompt_top:
             scores["top_logprobs"], scores["top_ids"] = jax.lax.top_k(logprobs, prompt_top)
