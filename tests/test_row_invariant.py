@@ -17,6 +17,7 @@ import gpt_jax
 from gpt_jax.decoding import loop
 from gpt_jax.decoding.batching import bucket
 from gpt_jax.bench.reference import Reference
+from gpt_jax.model.kernels import cpu_products
 from gpt_jax.model.presets import PRESETS
 from gpt_jax.model.row_invariant import (
     GROUP_TILES,
@@ -193,6 +194,28 @@ def test_near_flat_sampling_is_unchanged_by_batch_mates_and_speculation():
     out = gen.generate_ids([prompt], speculative=Reference(reference, 8, 1.0, seed=1), **settings)  # 9 positions
     assert out.token_ids[0] == plain
     assert sum(out.speculation["passes"]) < 80  # the proposals were used, not only one-token passes
+
+
+@pytest.mark.skipif(not cpu_products.enabled(), reason="an exact prefill needs the CPU kernel (XLA:CPU, one device)")
+@pytest.mark.parametrize("preset", ["bundled", "llama-small"])
+def test_a_rows_prefill_does_not_depend_on_its_batch_mates_lengths(preset):
+    """The case that used to differ: a 7-token prompt alone is prefilled in the 16-position bucket, beside prompts
+    of up to 30 tokens in the 32-position one (more left padding, another row count, a longer cache). Its sampled
+    tokens, log-probabilities and alternatives are now the same bits at batch 1, 7, 40 and 300."""
+    if preset == "bundled":
+        gen = gpt_jax.load()
+    else:
+        gen = gpt_jax.Generator.from_config(dataclasses.replace(PRESETS[preset], n_layers=2), key=2)
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(4, 1000, 7).tolist()
+    settings = dict(max_new_tokens=6, temperature=1.0, top_p=0.95, seed=11, top_logprobs=2, ignore_eos=True)
+    alone = gen.generate_ids([prompt], **settings)
+    for rows in (7, 40, 300):
+        mates = [rng.integers(4, 1000, rng.integers(8, 31)).tolist() for _ in range(rows - 1)]
+        together = gen.generate_ids([prompt, *mates], **settings)  # row 0 both times: its draws use its row's key
+        assert together.token_ids[0] == alone.token_ids[0], rows
+        assert together.logprobs[0] == alone.logprobs[0], rows
+        assert together.top_logprobs[0] == alone.top_logprobs[0], rows
 
 
 @pytest.mark.parametrize("width_in,width_out,transposed", [(960, 2560, False), (896, 4864, False), (992, 512, True)])

@@ -259,6 +259,8 @@ def run_batch(gen, path, output, model_name: str, concurrency: int | None = None
     whose `summary()` is the closing line."""
     from gpt_jax.serving.server import create_app
 
+    for name, value in (("INPUT", path), ("--output", output)):
+        check("\0" not in str(value), InputError, f"{name} {str(value)!r} is not a path: it holds a NUL character")
     path, output = Path(path), Path(output)
     check(path.is_file(), InputError, f"INPUT {path} is not a file")
     check(output.resolve() != path.resolve(), InputError, "--output must not be the input file")

@@ -8,9 +8,9 @@ summed in another order for T = 1 and T = 6; one row is multiplied by a matrix-v
 than the matrix-matrix one; and that one switches kernels past 16 rows for some widths), so:
 
   row_sum / row_max / last_axis_mean / softmax
-               sums (and maxima) over the last axis as a tree of elementwise ops on neighbours, padded to a power
-               of two: no compiler reorders them, and trailing zeros add nothing, so a row's sum is the same in
-               every array it sits in (and over every padded key length). No reduce op either: XLA:CPU hands a
+               sums (and maxima) over the last axis as a tree of elementwise ops (each element with the one half
+               the width after it), padded to a power of two: no compiler reorders them, and trailing zeros add
+               nothing, so a row's sum is the same in every array it sits in (and over every padded key length). No reduce op either: XLA:CPU hands a
                reduce over 4096 elements or more to YNNPACK together with the elementwise ops around it, and
                YNNPACK's exp rounds otherwise than XLA's.
   rows_alike   a decode step's or verification pass's products over tiles of 2 to `tile` rows: a lone row is
@@ -32,8 +32,10 @@ than the matrix-matrix one; and that one switches kernels past 16 rows for some 
 
 Which arithmetic a forward pass uses is said by its caller (`ForwardMode`), never guessed from a shape: a decode
 step (one position per row) and a speculative verification pass (k + 1 positions) are row-invariant; a prefill (a
-prompt, or a chunk of one, however short) keeps XLA's own sums and whole products, which compile faster: nothing
-else computes its rows to compare with.
+prompt, or a chunk of one, however short) is exact where the CPU kernel runs (`ForwardMode.fixed_order`: its
+products from the kernel, its sums the fixed trees, attention's over the slots in slot order, so its left padding,
+its batch-mates and its chunking change nothing) and keeps XLA's own sums and whole products elsewhere, where tiles
+would make a long prompt slow.
 
 Which arithmetic a Generator uses is its `arithmetic` ("exact", the default, or "fast": every pass as a prefill,
 XLA's own sums and whole products, so a lone row takes the matrix-vector kernel and a large batch one product);

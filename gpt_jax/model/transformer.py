@@ -140,12 +140,13 @@ def param_shapes(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def forward(config: ModelConfig, params: dict, tokens: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-    """An uncached forward pass over whole sequences: tokens [B, T] -> logits [B, T, V].
+    """An uncached forward pass over whole sequences: tokens [B, T] -> logits [B, T, V], in XLA's own arithmetic
+    (ForwardMode.FAST): training differentiates it, and the CPU kernel's products have no gradient.
 
     `valid` [B, T] marks real tokens (default: all); padding is on the left, and positions count real tokens only.
     """
     t = tokens.shape[1]
     pad_len = jnp.zeros((tokens.shape[0],), jnp.int32) if valid is None else t - jnp.sum(valid, axis=1, dtype=jnp.int32)
     positions, mask = uncached_positions_and_mask(pad_len, t)
-    logits, _ = Transformer(config).apply({"params": params}, tokens, positions, mask, mode=ForwardMode.PREFILL)
+    logits, _ = Transformer(config).apply({"params": params}, tokens, positions, mask, mode=ForwardMode.FAST)
     return logits

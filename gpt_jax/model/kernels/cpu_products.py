@@ -8,8 +8,9 @@ alone (see the .cc file), so a row's values are the same at any row count by con
 the weight at about the machine's read bandwidth (docs/BENCHMARKS.md). The sequence does not depend on the
 vector width either: builds for AVX-512, AVX2 and plain x86-64 give the same bits (tests/test_cpu_products.py).
 
-When it is used: a decode step's or verification pass's float32 products (`usable`), on the CPU backend of a
-process with one device (a multi-device CPU process, as the sharding tests run, keeps XLA's tiled products, so
+When it is used: the float32 products of a decode step, a verification pass and a prefill (`usable`), and the
+element-order sums of attention's and the sampler's softmax (row_invariant.element_order_sum, x times a column
+of ones), on the CPU backend of a process with one device (a multi-device CPU process, as the sharding tests run, keeps XLA's tiled products, so
 both sides of a sharded-against-unsharded comparison use one arithmetic), unless GPT_JAX_CPU_KERNELS=0.
 It is compiled once per machine with the C++ compiler ($CXX, else g++) for the machine's own instruction set
 and kept under $XDG_CACHE_HOME/gpt_jax/kernels (else ~/.cache/gpt_jax/kernels), keyed by the source, the flags,
