@@ -10,8 +10,8 @@ vector width either: builds for AVX-512, AVX2 and plain x86-64 give the same bit
 
 When it is used: the float32 products of a decode step, a verification pass and a prefill (`usable`), and the
 element-order sums of attention's and the sampler's softmax (row_invariant.element_order_sum, x times a column
-of ones), on the CPU backend of a process with one device (a multi-device CPU process, as the sharding tests run, keeps XLA's tiled products, so
-both sides of a sharded-against-unsharded comparison use one arithmetic), unless GPT_JAX_CPU_KERNELS=0.
+of ones), on the CPU backend of a process with one device (a multi-device CPU process, as the sharding tests
+run, keeps XLA's tiled products, so both sides of a sharded-against-unsharded comparison use one arithmetic), unless GPT_JAX_CPU_KERNELS=0.
 It is compiled once per machine with the C++ compiler ($CXX, else g++) for the machine's own instruction set
 and kept under $XDG_CACHE_HOME/gpt_jax/kernels (else ~/.cache/gpt_jax/kernels), keyed by the source, the flags,
 the compiler's version and the CPU's feature flags. Without a compiler, or when the build fails, a warning says
