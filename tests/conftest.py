@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ["GPT_JAX_COMPILE_CACHE"] = "off"  # the command line's compile cache stays out of the home directory
+
+SHARED_XLA_CACHE = "GPT_JAX_TEST_XLA_CACHE"  # one run's compiled programs, shared by its xdist workers
 
 from gpt_jax.model.presets import GPT2_TINY, LLAMA_TINY
 from gpt_jax.text.sentencepiece_training import train_tokenizer
@@ -21,6 +25,26 @@ CORPUS = ROOT / "data" / "shakespeare.txt"
 MISTRAL_MODEL = ROOT / "tests" / "data" / "mistral_v1_tokenizer.model"
 
 TINY_CONFIGS = {"gpt2": GPT2_TINY, "llama": LLAMA_TINY}
+
+
+def pytest_configure(config):
+    """One persistent XLA cache per test run, in a fresh temporary directory that the run's workers share: many
+    tests build a generator of the same model and shapes, whose programs each run would otherwise compile again
+    in every test. It starts empty, so every program is still compiled once per run; it is removed at the end."""
+    import jax
+
+    if not hasattr(config, "workerinput") and SHARED_XLA_CACHE not in os.environ:
+        os.environ[SHARED_XLA_CACHE] = tempfile.mkdtemp(prefix="gpt_jax_test_xla_")
+        config._gpt_jax_xla_cache = os.environ[SHARED_XLA_CACHE]  # the process that made it removes it
+    jax.config.update("jax_compilation_cache_dir", os.environ[SHARED_XLA_CACHE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_gpt_jax_xla_cache", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+        os.environ.pop(SHARED_XLA_CACHE, None)
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,9 @@ from gpt_jax.model.rope import dynamic_frequencies, inverse_frequencies
 from gpt_jax.model.kernels import cpu_products
 from gpt_jax.model.row_invariant import (
     ForwardMode,
-    element_order_sum,
+    element_order_softmax,
     key_blocks,
     last_axis_mean,
-    row_max,
     softmax,
     tiled,
 )
@@ -187,7 +186,7 @@ class Attention(nn.Module):
         scores = scores.reshape(b, k, g, t, -1)  # [B, K, G, T, S]
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
         if kernel:
-            probs = slot_order_softmax(scores)
+            probs = element_order_softmax(scores)
         else:
             probs = softmax(scores) if invariant else jax.nn.softmax(scores, axis=-1)
         probs = probs.astype(value.dtype).reshape(b * k, g * t, -1)
@@ -228,15 +227,6 @@ class MLP(nn.Module):
             hidden = act(dense("up", x, (EMBED, MLP_WIDTH)))
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers))
         return dense("down", hidden, (MLP_WIDTH, EMBED), out_init)
-
-
-def slot_order_softmax(scores: jax.Array) -> jax.Array:
-    """[..., S] -> [..., S]: softmax over the cache slots with the sum taken by the CPU kernel in slot order (one
-    accumulator from slot 0 up), so zero probabilities before a row's first key (left padding) and after its last
-    (unfilled slots) add exact zeros: a row's probabilities are the same wherever its keys sit in the cache and
-    however long the cache is. The max is exact in any order."""
-    shifted = jnp.exp(scores - jax.lax.stop_gradient(row_max(scores, keepdims=True)))
-    return shifted / element_order_sum(shifted)
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:

@@ -159,16 +159,23 @@ def element_order_sum(x: jax.Array) -> jax.Array:
     return cpu_products.row_product(x, jnp.ones((x.shape[-1], 1), jnp.float32))
 
 
-def vocabulary_softmax(x: jax.Array, log: bool = False) -> jax.Array:
-    """[B, V] -> [B, V]: a sampler's softmax (or log-softmax) over the vocabulary. Where the CPU kernel runs, its
-    sum is element_order_sum and its max is exact in any order, so a row's values do not depend on its batch-mates
-    (XLA's reduce over [B, V] is YNNPACK's past 4096 elements and XLA's below, so [1, V] and [2, V] rounded
-    otherwise); elsewhere XLA's own."""
-    if not cpu_products.enabled():
-        return jax.nn.log_softmax(x, axis=-1) if log else jax.nn.softmax(x, axis=-1)
-    shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+def element_order_softmax(x: jax.Array, log: bool = False) -> jax.Array:
+    """[..., N] -> [..., N]: softmax (or log-softmax) over the last axis with the sum from element_order_sum, so
+    zero probabilities before a row's first value (left padding) and after its last (unfilled cache slots) add exact
+    zeros and a row's values are the same in any array. The max is row_max (exact in any order, and no reduce op for
+    YNNPACK to fuse with the exp, see softmax). Only where `cpu_products.enabled()`."""
+    shifted = x - jax.lax.stop_gradient(row_max(x, keepdims=True))
     exp = jnp.exp(shifted)
     return shifted - jnp.log(element_order_sum(exp)) if log else exp / element_order_sum(exp)
+
+
+def vocabulary_softmax(x: jax.Array, log: bool = False) -> jax.Array:
+    """[B, V] -> [B, V]: a sampler's softmax (or log-softmax) over the vocabulary: element_order_softmax where the
+    CPU kernel runs, so a row's values do not depend on its batch-mates (XLA's reduce over [B, V] is YNNPACK's past
+    4096 elements and XLA's below, so [1, V] and [2, V] rounded otherwise); elsewhere XLA's own."""
+    if not cpu_products.enabled():
+        return jax.nn.log_softmax(x, axis=-1) if log else jax.nn.softmax(x, axis=-1)
+    return element_order_softmax(x, log)
 
 
 def at_least_two(x: jax.Array, axis: int) -> jax.Array:
