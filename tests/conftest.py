@@ -40,6 +40,14 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
+def shared_cache_env() -> dict:
+    """The environment for a child process that should use this run's XLA cache too (its stderr may then carry
+    JAX's warning about an entry another process was writing, so not for children whose stderr is checked)."""
+    cache = os.environ[SHARED_XLA_CACHE]
+    return {**os.environ, "GPT_JAX_COMPILE_CACHE": cache, "JAX_COMPILATION_CACHE_DIR": cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
+
+
 def pytest_unconfigure(config):
     made = getattr(config, "_gpt_jax_xla_cache", None)
     if made:

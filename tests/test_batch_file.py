@@ -20,6 +20,8 @@ import pytest
 from gpt_jax.errors import InputError
 from gpt_jax.jobs.batch_file import Progress, finished_keys, run_batch, survey
 
+from .conftest import shared_cache_env
+
 WORDS = "ROMEO JULIET the king of night and day my lord what is love".split()
 
 
@@ -156,7 +158,9 @@ def test_killed_three_times_and_resumed_each_line_is_there_once_and_seeded_ones_
     for kill in range(3):
         before = len(resumed.read_bytes().splitlines()) if resumed.exists() else 0
         target = before + rng.randint(3, 12)
-        child = subprocess.Popen([sys.executable, "-c", KILLER, str(source), str(resumed)], stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLER, str(source), str(resumed)], stderr=subprocess.PIPE, env=shared_cache_env()
+        )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and child.poll() is None:
             if resumed.exists() and resumed.read_bytes().count(b"\n") >= target:
@@ -168,7 +172,9 @@ def test_killed_three_times_and_resumed_each_line_is_there_once_and_seeded_ones_
         if kill == 1:  # a kill in the middle of a write: half a line at the end
             with resumed.open("ab") as f:
                 f.write(b'{"id": "batch_req_torn", "custom_id": "req-5')
-    done = subprocess.run([sys.executable, "-c", KILLER, str(source), str(resumed)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLER, str(source), str(resumed)], capture_output=True, text=True, env=shared_cache_env()
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "already done" in done.stderr
     results, reference = read_results(resumed), {r["custom_id"]: r for r in read_results(once)}
@@ -213,7 +219,10 @@ def test_a_100000_line_file_runs_in_memory_that_does_not_grow_with_it(tmp_path):
                 if i >= 10:
                     result = {"id": f"batch_req_{i}", "custom_id": f"r{i}", "response": None, "error": None}
                     out.write(json.dumps(result) + "\n")
-        run = subprocess.run([sys.executable, "-c", MEMORY, str(source), str(output)], capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-c", MEMORY, str(source), str(output)], capture_output=True, text=True,
+            env=shared_cache_env(),
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         report = json.loads(run.stdout.splitlines()[-1])
         assert report["done"] == 10

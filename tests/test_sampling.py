@@ -209,3 +209,38 @@ def test_greedy_is_the_argmax_of_the_processed_logits(logits, top_k, seed):
 def test_first_argmax_equals_numpy_argmax_on_sanitized_logits(logits):
     x = sanitize(jnp.asarray(np.array(logits, np.float32)))
     np.testing.assert_array_equal(np.asarray(first_argmax(x)), np.argmax(np.asarray(x), axis=-1))
+
+
+def kept_by_definition(keys: np.ndarray, weights: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """Token i is kept when the weight ranked above it (by key descending, ties by lower id) is below the budget."""
+    out = np.zeros(keys.shape, bool)
+    for b in range(keys.shape[0]):
+        order = np.lexsort((np.arange(keys.shape[1]), -keys[b].astype(np.int64)))
+        above = np.cumsum(weights[b, order].astype(np.int64)) - weights[b, order]
+        out[b, order] = above < max(int(budget[b]), 1)
+    return out
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 1000, 4001])
+def test_the_cut_keeps_exactly_the_tokens_its_definition_keeps_in_either_arithmetic(vocab):
+    from gpt_jax.decoding.sampling import _bisected_keep_top, _keep_top
+    from gpt_jax.model.kernels import cpu_products
+
+    rng = np.random.default_rng(vocab)
+    rows = 40
+    spread = rng.choice([3, 300, 2**32 - 1], size=(rows, 1))  # few distinct keys (many ties) up to all of them
+    keys = (rng.integers(0, 2**32, (rows, vocab), dtype=np.uint64) % spread + (2**32 - spread) // 2).astype(np.uint32)
+    keys[0] = 0x80000000  # one key for the whole row
+    weights = rng.integers(0, 2**20, (rows, vocab), dtype=np.uint32) * (rng.random((rows, vocab)) < 0.7)
+    weights[1] = 0  # a row of zero weights
+    totals = weights.astype(np.int64).sum(-1)
+    budget = np.minimum((rng.random(rows) * 1.2 * totals).astype(np.int64), 2**32 - 1)
+    budget[2:6] = [0, 1, totals[4], totals[5] + 1]
+    expected = kept_by_definition(keys, weights, budget)
+    args = (jnp.asarray(keys), jnp.asarray(weights), jnp.asarray(budget.astype(np.uint32)))
+    bisected = np.asarray(jax.jit(lambda k, w, b: _bisected_keep_top(k, w, jnp.maximum(b, 1)))(*args))
+    np.testing.assert_array_equal(bisected, expected)
+    if cpu_products.enabled():
+        np.testing.assert_array_equal(np.asarray(jax.jit(_keep_top)(*args)), expected)
+        single = [np.asarray(jax.jit(_keep_top)(*(a[r : r + 1] for a in args)))[0] for r in (0, 7, rows - 1)]
+        np.testing.assert_array_equal(np.stack(single), expected[[0, 7, rows - 1]])  # a row alone: the same

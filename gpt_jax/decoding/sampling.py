@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_jax.model.kernels import cpu_products
 from gpt_jax.model.numerics import MASK_VALUE
 from gpt_jax.model.row_invariant import vocabulary_softmax
 
@@ -114,12 +115,24 @@ def _fixed_point(p: jax.Array) -> jax.Array:
 
 
 def _keep_top(keys: jax.Array, weights: jax.Array, budget: jax.Array) -> jax.Array:
-    """[B, V] mask: token i is kept when the weight ranked above it is < budget [B].
+    """[B, V] mask: token i is kept when the weight ranked above it is < budget [B] (at least 1: the top-ranked
+    token is always kept).
 
     Ranking is by key, descending, ties broken by lower id (a stable sort's order). With weight 1 this is top-k;
-    with probabilities it is top-p (the crossing token is kept). Sort-free: the boundary key is found by bisection,
-    and only the tied group at the boundary needs a cumulative sum.
+    with probabilities it is top-p (the crossing token is kept). Where the CPU kernel runs, a radix select of the
+    cut in integer sums (sampler.cc); elsewhere sort-free in XLA: the boundary key is found by bisection, and
+    only the tied group at the boundary needs a cumulative sum. Both are exact, so they keep the same tokens.
     """
+    budget = jnp.maximum(budget, 1)
+    if cpu_products.enabled():
+        boundary, last = cpu_products.keep_top_cut(keys, weights, budget)
+        ids = jnp.arange(keys.shape[-1], dtype=jnp.int32)
+        return (keys > boundary[:, None]) | ((keys == boundary[:, None]) & (ids <= last[:, None]))
+    return _bisected_keep_top(keys, weights, budget)
+
+
+def _bisected_keep_top(keys: jax.Array, weights: jax.Array, budget: jax.Array) -> jax.Array:
+    """_keep_top in XLA's ops, for a budget of at least 1."""
 
     def above(t):  # [B] weight of the tokens whose key is > t
         return jnp.sum(jnp.where(keys > t[:, None], weights, 0), axis=-1)

@@ -10,10 +10,10 @@ vector width either: builds for AVX-512, AVX2 and plain x86-64 give the same bit
 
 When it is used: the float32 products of a decode step, a verification pass and a prefill (`usable`), and the
 element-order sums of attention's and the sampler's softmax (row_invariant.element_order_sum, x times a column
-of ones), on the CPU backend of a process with one device (a multi-device CPU process, as the sharding tests
+of ones), and the sampler's top-k / top-p cut (`keep_top_cut`, sampler.cc), on the CPU backend of a process with one device (a multi-device CPU process, as the sharding tests
 run, keeps XLA's tiled products, so both sides of a sharded-against-unsharded comparison use one arithmetic), unless GPT_JAX_CPU_KERNELS=0.
-It is compiled once per machine with the C++ compiler ($CXX, else g++) for the machine's own instruction set
-and kept under $XDG_CACHE_HOME/gpt_jax/kernels (else ~/.cache/gpt_jax/kernels), keyed by the source, the flags,
+The library is compiled once per machine with the C++ compiler ($CXX, else g++) for the machine's own instruction set
+and kept under $XDG_CACHE_HOME/gpt_jax/kernels (else ~/.cache/gpt_jax/kernels), keyed by the sources, the flags,
 the compiler's version and the CPU's feature flags. Without a compiler, or when the build fails, a warning says
 why and the products fall back to XLA's tiles (still row-invariant, slower for a lone row).
 
@@ -38,9 +38,9 @@ import jax.numpy as jnp
 
 from gpt_jax.util.compile_cache import cache_home
 
-SOURCE = Path(__file__).with_name("row_products.cc")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("row_products.cc", "sampler.cc"))
 ENV = "GPT_JAX_CPU_KERNELS"
-TARGETS = ("rows_by_columns", "rows_by_rows")
+TARGETS = ("rows_by_columns", "rows_by_rows", "keep_top")
 BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-w")
 
 
@@ -72,7 +72,7 @@ def build(march: str = "native", directory: Path | None = None) -> Path:
         raise OSError(f"no C++ compiler: {compiler!r} is not on PATH (set CXX)")
     flags = [*BASE_FLAGS, *([f"-march={march}"] if march else []), f"-I{jax.ffi.include_dir()}"]
     key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), *flags, _compiler_version(compiler), _cpu_flags()]).encode()
+        "\n".join([*(source.read_text() for source in SOURCES), *flags, _compiler_version(compiler), _cpu_flags()]).encode()
     ).hexdigest()[:20]
     directory = Path(directory) if directory is not None else cache_directory()
     target = directory / f"row_products-{march or 'default'}-{key}.so"
@@ -83,7 +83,7 @@ def build(march: str = "native", directory: Path | None = None) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600, check=True
+            [compiler, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=600, check=True
         )
         os.replace(tmp, target)
     finally:
@@ -93,8 +93,8 @@ def build(march: str = "native", directory: Path | None = None) -> Path:
 
 
 def register(library: Path, prefix: str = "gpt_jax") -> str:
-    """Register the library's two handlers with XLA:CPU as `{prefix}_rows_by_columns` and `{prefix}_rows_by_rows`;
-    returns the prefix."""
+    """Register the library's handlers with XLA:CPU as `{prefix}_rows_by_columns`, `{prefix}_rows_by_rows` and
+    `{prefix}_keep_top`; returns the prefix."""
     lib = ctypes.cdll.LoadLibrary(str(library))
     for name in TARGETS:
         handler = jax.ffi.pycapsule(getattr(lib, f"gpt_jax_{name}"))
@@ -155,3 +155,15 @@ def batched_row_product(x: jax.Array, w: jax.Array) -> jax.Array:
     r, m, _ = x.shape
     call = jax.ffi.ffi_call(f"{_registered()}_{TARGETS[0]}", jax.ShapeDtypeStruct((r, m, w.shape[2]), jnp.float32))
     return call(x, w)
+
+
+def keep_top_cut(keys: jax.Array, weights: jax.Array, budget: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The sampler's top-k or top-p cut (sampler.cc): keys [B, V] uint32, weights [B, V] uint32 and budget [B]
+    uint32 -> (boundary [B] uint32, last [B] int32), where token i is kept exactly when keys[i] > boundary, or
+    keys[i] == boundary and i <= last: the tokens ranked (by key, descending, ties by lower index) before the
+    running weight reaches the budget, and the one that reaches it. Integer sums, so exact and row by row."""
+    b = keys.shape[0]
+    call = jax.ffi.ffi_call(
+        f"{_registered()}_{TARGETS[2]}", (jax.ShapeDtypeStruct((b,), jnp.uint32), jax.ShapeDtypeStruct((b,), jnp.int32))
+    )
+    return call(keys, weights, budget)
