@@ -1,7 +1,6 @@
 """Sharded generation on 8 forced CPU devices (a subprocess: the device count is fixed at JAX start-up)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,15 @@ import pytest
 from gpt_jax import InputError
 from gpt_jax.parallel.sharding import make_mesh, parse_mesh
 
+from .conftest import shared_cache_env
+
 HELPER = Path(__file__).parent / "helpers" / "sharded_generation.py"
 
 
 @pytest.mark.slow
 def test_meshes_give_the_single_device_tokens():
     env = {
-        **os.environ,
+        **shared_cache_env(),
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
     }
@@ -34,7 +35,7 @@ def test_meshes_give_the_single_device_tokens():
 @pytest.mark.slow
 def test_the_serving_engine_on_a_mesh_gives_one_devices_tokens():
     env = {
-        **os.environ,
+        **shared_cache_env(),
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
     }
@@ -60,7 +61,7 @@ def test_sharded_training_matches_one_device(small_tokenizer, corpus_slice, tmp_
     model = tmp_path / "tok.model"
     model.write_bytes(small_tokenizer.model_bytes)
     env = {
-        **os.environ,
+        **shared_cache_env(),
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
     }
