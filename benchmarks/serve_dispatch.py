@@ -58,7 +58,10 @@ def device_only(engine: Engine, prep, params, steps: int, rounds: int) -> float:
     for repeat in range(4):  # the first compiles; each starts afresh (a slot ends when its cache is full)
         state = programs.empty()
         for b in range(engine.slots):
-            state = programs.insert(state, np.int32(b), inputs.tokens[0], inputs.pad_len[0], cache, logits[0], row)
+            pad = inputs.pad_len[0]
+            state = programs.insert(
+                state, np.int32(b), inputs.tokens[0], pad, np.int32(pad), cache, np.int32(0), logits[0], row
+            )
         jax.block_until_ready(state)
         start = time.perf_counter()
         for _ in range(rounds):

@@ -94,7 +94,7 @@ class Trace(Observer):
     def on_dispatch(self, busy, queued):
         self.events.append(("decode", busy))
 
-    def on_prefill(self, tokens):
+    def on_prefill(self, tokens, prompts=1):
         self.events.append(("prefill", tokens))
 
 
@@ -142,6 +142,7 @@ def test_a_failing_request_ends_alone(bundled, engine, monkeypatch):
         ({"max_len": 10_000}, "max_len must be an integer in [2, 256]"),
         ({"steps_per_dispatch": 0}, "steps_per_dispatch must be an integer >= 1"),
         ({"max_queue": -1}, "max_queue must be >= 0"),
+        ({"prefill_together": 0}, "prefill_together must be an integer >= 1"),
     ],
 )
 def test_bad_engine_options_are_typed_errors(bundled, options, message):
@@ -184,3 +185,61 @@ def test_a_slots_tokens_do_not_depend_on_the_attended_bucket_or_the_other_slots(
     assert alone["tokens"] == together["tokens"] and alone["logprobs"] == together["logprobs"]
     want = gen.generate_ids([short[0]], **short[1])
     assert alone["tokens"] == want.token_ids and np.allclose(alone["logprobs"][0], want.logprobs[0], atol=1e-5)
+
+
+class Passes(Observer):
+    """The number of prompts in each prefill pass."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def on_prefill(self, tokens, prompts=1):
+        self.prompts.append(prompts)
+
+
+def short_items(gen, lengths, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    items = []
+    for i, length in enumerate(lengths):
+        settings = {"max_new_tokens": int(rng.integers(4, 20)), "temperature": [0.0, 0.8, 1.2][i % 3], "seed": i}
+        if i % 4 == 1:
+            settings.update(n=2, top_logprobs=2)
+        if i % 4 == 2:
+            settings.update(top_k=20, presence_penalty=0.5)
+        items.append((rng.integers(4, gen.config.vocab_size, length).tolist(), settings))
+    return items
+
+
+def test_short_prompts_that_arrive_together_share_one_prefill_pass_and_keep_the_bits_of_alone(bundled):
+    """Eight short prompts of one bucket (16 positions, 10 rows with n = 2) and three of the next arrive at an idle
+    13-slot engine: where the prefill is exact (the CPU kernel, float32) the eight are prefilled in one pass, two
+    of the others in the next turn's (the budget of a turn with slots decoding: 64 tokens; the slots are then
+    full), the last alone; every request gets the tokens and log-probabilities it gets alone, and that
+    `generate_ids` gives it."""
+    items = short_items(bundled, [9, 12, 16, 10, 11, 14, 15, 13, 20, 25, 31], seed=4)
+    passes = Passes()
+    engine = Engine(bundled, slots_count=13, steps_per_dispatch=4, observer=passes)
+    alone_engine = Engine(bundled, slots_count=2, steps_per_dispatch=4, prefill_together=1)
+    try:
+        together = run_requests(engine, items)
+        alone = [run_requests(alone_engine, [item])[0] for item in items]
+    finally:
+        engine.close()
+        alone_engine.close()
+    if engine.prefiller.exact_together:
+        assert passes.prompts == [8, 2, 1]
+    else:
+        assert set(passes.prompts) == {1}
+    for got, want in zip(together, alone):
+        assert got["tokens"] == want["tokens"] and got["logprobs"] == want["logprobs"]
+        assert got["top"] == want["top"]
+    assert_same_as_generate(bundled, items, together)
+
+
+def test_prompts_are_prefilled_together_only_where_that_keeps_their_bits(bundled):
+    from gpt_jax.serving.prefill import batches_exactly
+
+    exact = batches_exactly(bundled)
+    assert exact == cpu_products.enabled()
+    assert not batches_exactly(bundled.with_arithmetic("fast"))
+    assert not batches_exactly(bundled.quantize_int8())

@@ -102,7 +102,8 @@ def test_a_decode_that_cannot_fit_in_memory_is_refused_up_front(gen, monkeypatch
 
 def test_a_server_whose_slots_cannot_fit_is_refused_before_it_compiles(gen, monkeypatch):
     from gpt_jax.decoding.memory import serving_bytes
-    from gpt_jax.serving.engine import Engine, default_chunk
+    from gpt_jax.serving.engine import Engine
+    from gpt_jax.serving.options import default_chunk
 
     from gpt_jax.serving.constraint_pool import DEFAULT_STATES, table_bytes
 

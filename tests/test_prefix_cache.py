@@ -98,7 +98,7 @@ class Budget(Observer):
     def __init__(self):
         self.engine, self.held = None, []
 
-    def on_prefill(self, tokens: int) -> None:
+    def on_prefill(self, tokens: int, prompts: int = 1) -> None:
         self.held.append(self.engine.prefix_cache.used_bytes)
 
 
@@ -129,3 +129,18 @@ def test_block_keys_chain_the_contents_before_them(bundled):
     assert all(x != y for x, y in zip(a, c))  # one token in the first block changes every key after it
     with pytest.raises(gpt_jax.InputError, match="prefix_cache_gb must be a number >= 0"):
         Engine(bundled, prefix_cache_gb=-1)
+
+
+def test_blocks_of_prompts_prefilled_together_are_the_bits_of_misses(bundled, engines):
+    """Four prompts of exactly one block arrive together at the idle engine (one prefill pass where the kernel
+    makes that exact): each keeps its block from its own row of the pass, and prompts that start with those blocks
+    hit them, with the bits of the engine without the cache."""
+    cached, plain = engines
+    rng = np.random.default_rng(7)
+    blocks = [rng.integers(4, 4000, CHUNK).tolist() for _ in range(4)]
+    first = [(block, sampled(10 + i)) for i, block in enumerate(blocks)]
+    then = [(block + rng.integers(4, 4000, 9).tolist(), sampled(20 + i)) for i, block in enumerate(blocks)]
+    got = run_requests(cached, first) + run_requests(cached, then)
+    assert all(cached.prefix_cache.has(block_keys(np.array(block), CHUNK, 1)[0]) for block in blocks)
+    assert [r["cached"] for r in got] == [0] * 4 + [CHUNK] * 4
+    assert_same_bits(got, run_requests(plain, first) + run_requests(plain, then))

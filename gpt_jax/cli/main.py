@@ -156,7 +156,7 @@ def _batch(args) -> int:
 
 def _engine_options(args) -> dict:
     options = {"max_len": args.max_len, "chunk": args.chunk, "prefix_cache_gb": args.prefix_cache_gb}
-    return {**options, "constraint_states": args.constraint_states}
+    return {**options, "constraint_states": args.constraint_states, "prefill_together": args.prefill_together}
 
 
 def _serve_extra(command: str, *modules: str):

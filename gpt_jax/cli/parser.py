@@ -8,6 +8,7 @@ import dataclasses
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.model.row_invariant import ARITHMETICS
 from gpt_jax.serving.constraint_pool import DEFAULT_STATES
+from gpt_jax.serving.options import PREFILL_TOGETHER
 from gpt_jax.serving.prefix_cache import DEFAULT_BUDGET_GB
 from gpt_jax.training.config import TrainConfig
 from gpt_jax.util.argparsing import OneLineParser, non_negative_float, non_negative_int, positive_int
@@ -51,6 +52,13 @@ def add_prefill_flags(parser) -> None:
     )
     parser.add_argument(
         "--no-prefix-cache", action="store_const", const=0.0, dest="prefix_cache_gb", help="no prefix cache"
+    )
+    parser.add_argument(
+        "--prefill-together",
+        type=positive_int,
+        default=PREFILL_TOGETHER,
+        help="the most short prompts (one chunk each, of one length bucket) prefilled in one pass, where that "
+        f"keeps each one's numbers: the CPU kernel, float32, a dense MLP (default: {PREFILL_TOGETHER}; 1: one by one)",
     )
     parser.add_argument(
         "--constraint-states",

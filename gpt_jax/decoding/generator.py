@@ -40,9 +40,9 @@ class GenerationResult:
     A row's tokens and log-probabilities do not depend on its batch-mates, the batch size or speculation: the same
     seed gives the same row, bit for bit, wherever its decode steps are row-invariant (model/row_invariant.py). Not
     covered, so a batch-mate may move a value by rounding (about 1e-6) and, rarely, a sampled draw at a boundary:
-    the experts layer (its path depends on the number of (token, expert) pairs), dynamic int8 activations, the
-    sampler's reductions over the vocabulary (XLA's own), and a prefill beside longer prompts (another length
-    bucket). README, "Use", states the same.
+    the experts layer (its path depends on the number of (token, expert) pairs), dynamic int8 activations, and,
+    where the CPU kernel does not run, the sampler's reductions over the vocabulary (XLA's own) and a prefill
+    beside longer prompts (another length bucket). README, "Exact arithmetic", states the same.
     """
 
     token_ids: list[list[int]]

@@ -2,8 +2,9 @@
 
 One thread owns the device. Each turn it (1) prefills queued prompts, at most `chunk` prompt tokens while slots are
 decoding (a long prompt is split over several turns, so the running rows wait one chunk at most; blocks of a
-prompt that the prefix cache holds are copied, not computed: `prefill`, `prefix_cache`), and moves each finished
-prefill into free slots; (2) dispatches `steps_per_dispatch` decode steps for all slots; (3) while those
+prompt that the prefix cache holds are copied, not computed: `prefill`, `prefix_cache`; short prompts that wait
+together go through one pass where that keeps their bits: `admission`), and moves each finished prefill into free
+slots, first come first; (2) dispatches `steps_per_dispatch` decode steps for all slots; (3) while those
 run, reads the previous dispatch's tokens and hands them to their requests. A slot whose sequence ends is free
 from the next turn on; a cancelled one is released at the next dispatch.
 
@@ -14,7 +15,6 @@ Events reach the request's `on_event` callback on the engine thread.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import threading
 import time
@@ -23,15 +23,15 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from gpt_jax.decoding.batching import bucket
 from gpt_jax.decoding.rows import FINISH_NAMES, RUNNING
-from gpt_jax.decoding.memory import check_serving_memory
 from gpt_jax.decoding.prepare import Prepared, eos_table, prepare
 from gpt_jax.decoding.generator import automata_of
 from gpt_jax.decoding.settings import GenerationSettings
 from gpt_jax.errors import InputError, check
 from gpt_jax.serving import slots
-from gpt_jax.serving.constraint_pool import DEFAULT_STATES, SlotConstraints, empty_table, table_bytes
+from gpt_jax.serving.constraint_pool import DEFAULT_STATES, SlotConstraints, empty_table
+from gpt_jax.serving.admission import Admission
+from gpt_jax.serving.options import PREFILL_TOGETHER, check_options, check_room
 from gpt_jax.serving.prefill import Prefiller
 from gpt_jax.serving.prefix_cache import DEFAULT_BUDGET_GB
 from gpt_jax.serving.requests import (
@@ -44,7 +44,6 @@ from gpt_jax.serving.requests import (
     slot_updates,
 )
 
-MAX_SLOTS = 1024
 ALTERNATIVES = 20  # a dispatch records 0 or this many alternatives per token (two compiled decode programs)
 
 
@@ -62,15 +61,17 @@ class Engine:
         observer: Observer | None = None,
         prefix_cache_gb: float = DEFAULT_BUDGET_GB,
         constraint_states: int = DEFAULT_STATES,
+        prefill_together: int = PREFILL_TOGETHER,
     ):
         """chunk: prompt tokens per prefill pass, and the prefix cache's block (default: `default_chunk`);
         prefix_cache_gb: the most the prefix cache's blocks hold (0: no prefix cache; `prefix_cache`);
-        constraint_states: room for the automata of constrained requests (0: none taken; `constraint_pool`)."""
+        constraint_states: room for the automata of constrained requests (0: none taken; `constraint_pool`);
+        prefill_together: the most short prompts prefilled in one pass where that keeps their bits
+        (`prefill.batches_exactly`; 1: one by one)."""
         self.data_rows = gen.mesh.shape["data"] if gen.mesh is not None else 1
-        check_budget(prefix_cache_gb)
-        budget = int(prefix_cache_gb * 2**30)
-        self.max_len, chunk = check_options(
-            gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, self.data_rows, budget, constraint_states
+        self.max_len, chunk, budget = check_options(
+            gen, self.data_rows, slots_count, max_queue, chunk, steps_per_dispatch, max_len, prefix_cache_gb,
+            constraint_states, prefill_together,
         )
         self.gen, self.slots, self.max_queue, self.chunk = gen, slots_count, max_queue, chunk
         self.steps_per_dispatch, self.observer = steps_per_dispatch, observer or Observer()
@@ -81,10 +82,9 @@ class Engine:
         self._state = self.programs.empty()
         self._owners: list[tuple[Request, int] | None] = [None] * slots_count
         self._reach = np.zeros(slots_count, np.int64)  # an upper bound of each slot's cache index
-        self._queue: collections.deque[Request] = collections.deque()
-        self._prefilling: Prefill | None = None
         self._releases: set[int] = set()
         self._lock = threading.Condition()
+        self.admission = Admission(self.prefiller, self._lock, self.max_len, prefill_together)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="gpt-jax-engine", daemon=True)
         self._thread.start()
@@ -111,9 +111,10 @@ class Engine:
         with self._lock:
             if self._closing:
                 raise EngineClosed("the server is shutting down and takes no new requests")
-            if len(self._queue) >= self.max_queue:
-                raise QueueFull(f"{len(self._queue)} requests are waiting, the most this server queues")
-            self._queue.append(request)
+            queue = self.admission.queue
+            if len(queue) >= self.max_queue:
+                raise QueueFull(f"{len(queue)} requests are waiting, the most this server queues")
+            queue.append(request)
             self._lock.notify()
 
     def cancel(self, request: Request, row: int | None = None) -> None:
@@ -122,8 +123,8 @@ class Engine:
             rows = range(request.rows) if row is None else [row]
             request.cancelled_rows.update(rows)
             request.open_rows.difference_update(rows)
-            if request.finished and request in self._queue:
-                self._queue.remove(request)
+            if request.finished and request in self.admission.queue:
+                self.admission.queue.remove(request)
             for b, owner in enumerate(self._owners):
                 if owner is not None and owner[0] is request and owner[1] in request.cancelled_rows:
                     self._owners[b] = None
@@ -140,7 +141,7 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self.admission.queue)
 
     @property
     def busy(self) -> int:
@@ -163,7 +164,7 @@ class Engine:
 
     # ---- the engine thread -------------------------------------------------------------------------------------
     def _idle(self) -> bool:
-        return not self._queue and self._prefilling is None and self.busy == 0 and not self._releases
+        return not self.admission.waiting and self.busy == 0 and not self._releases
 
     def _run(self) -> None:
         pending = None
@@ -180,53 +181,50 @@ class Engine:
             pending = dispatched
 
     def _admit(self) -> None:
-        """Prefill chunks of the queue's head (a budget of `chunk` tokens while slots decode) and insert finished
-        prefills into free slots."""
+        """Insert prefilled prompts into free slots (first come first), then prefill (`admission`) within a
+        budget of `chunk` tokens while slots decode."""
         budget = self.chunk
-        while True:
-            with self._lock:
-                if self._prefilling is None and self._queue:
-                    self._prefilling = Prefill(self._queue.popleft())
-                job = self._prefilling
-            if job is None or job.request.finished:
-                self._prefilling = None
-                if job is None:
-                    return
-                continue
-            if job.logits is None:
-                if budget <= 0 and self.busy:
-                    return
-                budget -= self._guarded(job.request, self.prefiller.step, job)
-                continue
-            if job.request.score_only:  # the prompt's scores went out with its last chunk: nothing to decode
-                self._finish_unslotted(job.request)
-                self._prefilling = None
-                continue
-            free = [b for b, owner in enumerate(self._owners) if owner is None and b not in self._releases]
-            if len(free) < job.request.rows:
+        while self._insert_ready():
+            used = self.admission.prefill(budget, self.busy > 0, len(self._free_slots()), self._fail)
+            if used is None:
                 return
-            start, state = self.constraints.reserve(job.request.prep, self._state)
+            budget -= used
+
+    def _insert_ready(self) -> bool:
+        """Move prefilled prompts into free slots, first come first; False while the first waits for room."""
+        ready = self.admission.ready
+        while ready:
+            job = ready[0]
+            request = job.request
+            if request.score_only and not request.finished:  # its scores went out with its last chunk
+                request.finish_unslotted(self._lock)
+            if request.finished:
+                ready.popleft()
+                continue
+            free = self._free_slots()
+            if len(free) < request.rows:
+                return False
+            start, state = self.constraints.reserve(request.prep, self._state)
             if start is None:  # its automaton waits for room
-                return
+                return False
             self._state = state
-            self._guarded(job.request, self._insert_rows, job, free, start)
-            self._prefilling = None
+            self._guarded(request, self._insert_rows, job, free, start)
+            ready.popleft()
+        return True
 
-    def _guarded(self, request: Request, fn, *args) -> int:
-        """Run one request's step; a failure ends that request only (an "error" event)."""
+    def _free_slots(self) -> list[int]:
+        return [b for b, owner in enumerate(self._owners) if owner is None and b not in self._releases]
+
+    def _guarded(self, request: Request, fn, *args) -> None:
+        """Run one request's step; a failure ends that request only (`_fail`)."""
         try:
-            return fn(*args) or 0
+            fn(*args)
         except Exception as error:  # noqa: BLE001 - reported to the request, the engine goes on
-            self._prefilling = None
-            self.cancel(request)
-            request.on_event(Event("error", error=error))
-            return 0
+            self._fail(request, error)
 
-    def _finish_unslotted(self, request: Request) -> None:
-        for row in range(request.rows):
-            with self._lock:
-                request.open_rows.discard(row)
-            request.on_event(Event("finish", row, finish="length"))
+    def _fail(self, request: Request, error: Exception) -> None:
+        self.cancel(request)
+        request.on_event(Event("error", error=error))
 
     def _insert_rows(self, job: Prefill, free: list[int], start: int) -> None:
         request = job.request
@@ -238,7 +236,7 @@ class Engine:
             settings = slots.RowSettings.of(inputs, row).replace(constraint=np.int32(start))
             prompt, pad, shift = inputs.tokens[0], inputs.pad_len[0], np.int32(job.layout.pad)
             self._state = self.programs.insert(
-                self._state, np.int32(b), prompt, pad, shift, job.cache, job.logits, settings
+                self._state, np.int32(b), prompt, pad, shift, job.cache, np.int32(job.source), job.logits, settings
             )
             self.constraints.joined(b, start)
             with self._lock:
@@ -258,7 +256,7 @@ class Engine:
                 self.observer.on_release()
             self._releases.clear()
             owners = list(self._owners)
-            queued = len(self._queue) + (self._prefilling is not None)
+            queued = self.admission.waiting
         busy = sum(owner is not None for owner in owners)
         if busy == 0 and not release.any():
             return None
@@ -322,75 +320,3 @@ def slot_programs(gen, slots_count: int, max_len: int, table=None) -> slots.Slot
         config.pad_id,
         table,
     )
-
-
-
-def check_room(prompt_len: int, budget: int, max_len: int, scoring: bool) -> None:
-    """A prompt and its budget must fit a slot's `max_len` tokens (a prompt only scored takes no budget)."""
-    check(
-        prompt_len <= max_len,
-        InputError,
-        f"the prompt has {prompt_len} tokens, more than the server's context of {max_len} tokens",
-    )
-    check(
-        scoring or prompt_len + budget <= max_len,
-        InputError,
-        f"the prompt has {prompt_len} tokens; with max_new_tokens={budget} that is {prompt_len + budget}, more "
-        f"than the server's context of {max_len} tokens",
-    )
-
-
-def check_budget(prefix_cache_gb) -> None:
-    check(
-        isinstance(prefix_cache_gb, (int, float)) and not isinstance(prefix_cache_gb, bool) and prefix_cache_gb >= 0,
-        InputError,
-        f"prefix_cache_gb must be a number >= 0 (0: no prefix cache), got {prefix_cache_gb!r}",
-    )
-
-
-def check_slots(slots_count) -> None:
-    check(
-        isinstance(slots_count, int) and not isinstance(slots_count, bool) and 1 <= slots_count <= MAX_SLOTS,
-        InputError,
-        f"slots must be an integer in [1, {MAX_SLOTS}], got {slots_count!r}",
-    )
-
-
-def default_chunk(max_len: int) -> int:
-    """A quarter of the slots' context, 16 to 256 tokens: a long prompt's prefill passes are large enough to run
-    at speed and small enough that the prefix cache's blocks share the prompts' common starts."""
-    return min(256, max(16, bucket(max_len) // 4))
-
-
-def check_options(
-    gen, slots_count, max_queue, chunk, steps_per_dispatch, max_len, data_rows: int, cache_bytes=0, states=0
-):
-    """Refuse bad engine options (InputError naming each); returns max_len and chunk with defaults filled in."""
-    check_slots(slots_count)
-    check(
-        slots_count % data_rows == 0,
-        InputError,
-        f"slots ({slots_count}) must be a multiple of the mesh's data axis ({data_rows})",
-    )
-    check(isinstance(max_queue, int) and max_queue >= 0, InputError, f"max_queue must be >= 0, got {max_queue!r}")
-    check(
-        isinstance(steps_per_dispatch, int) and steps_per_dispatch >= 1,
-        InputError,
-        f"steps_per_dispatch must be an integer >= 1, got {steps_per_dispatch!r}",
-    )
-    context = gen.config.max_seq_len
-    length = min(context, 4096) if max_len is None else max_len
-    check(
-        isinstance(length, int) and 2 <= length <= context,
-        InputError,
-        f"max_len must be an integer in [2, {context}], got {max_len!r}",
-    )
-    chunk = default_chunk(length) if chunk is None else chunk
-    check(
-        isinstance(chunk, int) and chunk >= 16 and bucket(chunk) == chunk,
-        InputError,
-        f"chunk must be a power of two >= 16, got {chunk!r}",
-    )
-    table = table_bytes(gen.config.vocab_size, states)
-    check_serving_memory(gen.config, slots_count, length, chunk, data_rows, gen.mesh, cache_bytes, table)
-    return length, chunk

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 
 from gpt_jax.decoding.batching import bucket
+from gpt_jax.model.quantize import Int8Kernel
+from gpt_jax.model.row_invariant import ForwardMode
 from gpt_jax.serving.prefix_cache import PrefixCache, block_bytes, block_keys, put_block, take_block
 from gpt_jax.serving.requests import Prefill, prompt_event
 
@@ -64,6 +66,25 @@ def plan(inputs, rows: int, chunk: int, pad_id: int) -> Layout:
     return Layout(tokens, 0, chunk, length, length // chunk)
 
 
+def batches_exactly(gen) -> bool:
+    """Whether prompts prefilled in one pass get the bits each gets alone: under the exact arithmetic where the
+    CPU kernel computes the prefill (`ForwardMode.fixed_order`), for float32 weights (int8 and bfloat16 products
+    keep XLA's kernels, whose sums may change with the row count) and a dense MLP (the experts layer's path
+    depends on how many tokens it routes). Elsewhere short prompts are prefilled one by one."""
+    int8 = any(is_int8(leaf) for leaf in jax.tree.leaves(gen.params, is_leaf=is_int8))
+    return (
+        gen.arithmetic == "exact"
+        and ForwardMode.PREFILL.fixed_order
+        and gen.config.dtype == "float32"
+        and not gen.config.n_experts
+        and not int8
+    )
+
+
+def is_int8(leaf) -> bool:
+    return isinstance(leaf, Int8Kernel)
+
+
 class Prefiller:
     """Runs prefill chunks for the engine: the slot programs' `prefill`, the prefix cache of `budget_bytes`
     (0: off), and the observer's prefill and prefix-cache hooks."""
@@ -72,6 +93,7 @@ class Prefiller:
         self.gen, self.programs, self.chunk, self.rows, self.observer = gen, programs, chunk, rows, observer
         self.cache = PrefixCache(budget_bytes, chunk, block_bytes(gen.config, chunk))
         self.kv_heads = gen.config.n_kv_heads
+        self.exact_together = rows == 1 and batches_exactly(gen)
 
     def step(self, job: Prefill) -> int:
         """One chunk of the job's prompt; returns the columns it took. The last one leaves the first token's
@@ -87,14 +109,23 @@ class Prefiller:
         end = lay.pad + lay.length  # the column after the prompt's last token
         last = np.int32(min(end, start + width) - 1 - start)
         pad_len = np.full((self.rows,), lay.pad, np.int32)
+        # the head on the last column alone where no other column's logits are wanted
+        last_only = request.prompt_top < 0 and (j + 1 < lay.chunks or last == width - 1)
         logits, job.cache, scores = self.programs.prefill(
-            self.gen.params, tokens, pad_len, job.cache, following, last, prompt_top=request.prompt_top
+            self.gen.params,
+            tokens,
+            pad_len,
+            job.cache,
+            following,
+            last,
+            prompt_top=request.prompt_top,
+            last_only=last_only,
         )
         if scores is not None:  # the columns whose following token is a real prompt token
             columns = slice(max(start, lay.pad) - start, min(start + width, end - 1) - start)
             job.scores.append(jax.tree.map(lambda x: np.asarray(x[0, columns]), scores))
         if j < len(job.keys) and not self.cache.has(job.keys[j]):
-            self.cache.store(job.keys[j], take_block(job.cache, np.int32(start), kv_heads=self.kv_heads, block=width))
+            self._store(job.keys[j], job.cache, start, 0, width)
         job.next = j + 1
         self.observer.on_prefill(width)
         if job.next >= lay.chunks:
@@ -102,6 +133,40 @@ class Prefiller:
             if request.prompt_top >= 0:
                 request.on_event(prompt_event(job.scores, request.prompt_top))
         return width
+
+    def short(self, request) -> bool:
+        """Whether a request may be prefilled together with others (`together`): a prompt of one chunk whose
+        scores are not asked for, in a process where that keeps its bits (`batches_exactly`)."""
+        one_chunk = request.prompt_len <= self.chunk
+        return self.exact_together and one_chunk and request.prompt_top < 0 and not request.prefill_alone
+
+    def together(self, jobs: list[Prefill]) -> int:
+        """Prefill the prompts of `jobs` (each `short`, all of one bucket T) in one pass of bucket(G) rows, the
+        last ones repeating the first prompt; each job's logits are then ready and its cache is its row `source`
+        of the pass's cache. Returns the columns computed (G * T)."""
+        layouts = [plan(job.request.prep.inputs, 1, self.chunk, self.gen.config.pad_id) for job in jobs]
+        width, rows = layouts[0].width, bucket(len(jobs))
+        filler = [layouts[0]] * (rows - len(jobs))
+        tokens = np.concatenate([lay.tokens for lay in layouts + filler])
+        pad_len = np.array([lay.pad for lay in layouts + filler], np.int32)
+        cache = self.programs.new_cache(rows, width).replace(index=np.int32(0))
+        logits, cache, _ = self.programs.prefill(
+            self.gen.params, tokens, pad_len, cache, tokens, np.int32(width - 1), last_only=True
+        )
+        for g, (job, lay) in enumerate(zip(jobs, layouts)):
+            job.layout, job.cache, job.source, job.next, job.logits = lay, cache, g, 1, logits[g]
+            job.request.cached_tokens = 0
+            if self.cache.enabled:  # nothing to find in a one-chunk prompt; a whole block is kept
+                self.observer.on_prefix_lookup(lay.length, 0)
+                job.keys = block_keys(lay.tokens[0, lay.pad :], width, lay.blocks)
+                if job.keys and not self.cache.has(job.keys[0]):
+                    self._store(job.keys[0], cache, 0, g, width)
+        self.observer.on_prefill(width * len(jobs), len(jobs))
+        return width * len(jobs)
+
+    def _store(self, key: bytes, cache, start: int, row: int, width: int) -> None:
+        block = take_block(cache, np.int32(start), np.int32(row), kv_heads=self.kv_heads, block=width)
+        self.cache.store(key, block)
 
     def _begin(self, job: Prefill) -> None:
         """Plan the prompt, find its cached blocks (not for a prompt that is scored: its every column is needed)

@@ -26,6 +26,7 @@ class Prefill:
     layout: Any = None
     keys: list = dataclasses.field(default_factory=list)
     cache: Any = None  # a KVCache, made at the first chunk and grown with the chunks
+    source: int = 0  # the cache's row that holds this prompt (prompts prefilled together share one cache)
     next: int = 0
     scores: list = dataclasses.field(default_factory=list)
     logits: Any = None  # [V]
@@ -71,6 +72,7 @@ class Request:
         self.arrival = time.perf_counter()
         self.first_token: float | None = None
         self.cached_tokens = 0  # prompt tokens whose keys and values came from the prefix cache
+        self.prefill_alone = False  # set when a prefill together with others failed: it is retried alone
         self.generated = [0] * self.rows
         self.open_rows = set(range(self.rows))
         self.cancelled_rows: set[int] = set()
@@ -78,6 +80,13 @@ class Request:
     @property
     def finished(self) -> bool:
         return not self.open_rows
+
+    def finish_unslotted(self, lock) -> None:
+        """Every row finishes ("length") without a slot: a request that only scored its prompt."""
+        for row in range(self.rows):
+            with lock:
+                self.open_rows.discard(row)
+            self.on_event(Event("finish", row, finish="length"))
 
 
 class Outcome:
@@ -120,7 +129,7 @@ class Observer:
 
     def on_dispatch(self, busy: int, queued: int) -> None: ...
 
-    def on_prefill(self, tokens: int) -> None: ...
+    def on_prefill(self, tokens: int, prompts: int = 1) -> None: ...
 
     def on_prefix_lookup(self, prompt_tokens: int, cached_tokens: int) -> None: ...
 

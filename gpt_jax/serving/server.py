@@ -27,7 +27,8 @@ from gpt_jax.decoding.settings import GenerationSettings, draw_seed
 from gpt_jax.errors import GptJaxError
 from gpt_jax.serving import openai_api as api
 from gpt_jax.serving import tokenize_api
-from gpt_jax.serving.engine import Engine, EngineClosed, QueueFull, Request, check_slots
+from gpt_jax.serving.engine import Engine, EngineClosed, QueueFull, Request
+from gpt_jax.serving.options import check_slots
 from gpt_jax.serving.metrics import Metrics
 from gpt_jax.decoding.rows import MAX_STOP_SEQUENCES, MAX_STOP_TOKENS
 from gpt_jax.text.stops import stop_token_ids

@@ -79,7 +79,9 @@ class SlotPrograms:
     def __init__(self, logits_fn, new_cache, b: int, length: int, vocab: int, eos_ids, pad_id: int, table=None):
         self.logits_fn, self.decode_traces = logits_fn, 0
         self.new_cache = jax.jit(new_cache, static_argnums=(0, 1))
-        self.prefill = jax.jit(partial(prefill_chunk, logits_fn), static_argnames=("prompt_top",), donate_argnums=(3,))
+        self.prefill = jax.jit(
+            partial(prefill_chunk, logits_fn), static_argnames=("prompt_top", "last_only"), donate_argnums=(3,)
+        )
         self.grow = jax.jit(grow, static_argnums=(1,))
         self.insert = jax.jit(insert, donate_argnums=(0,))
         self.decode = jax.jit(self._decode, static_argnames=("steps", "top_logprobs", "attend"), donate_argnums=(1,))
@@ -119,12 +121,16 @@ def free_all(state: SlotState) -> SlotState:
 
 
 def prefill_chunk(
-    logits_fn, params, tokens, pad_len, cache: KVCache, following, last, *, prompt_top: int = -1
+    logits_fn, params, tokens, pad_len, cache: KVCache, following, last, *, prompt_top: int = -1, last_only=False
 ):
     """The next C columns [R, C] of prompts (left-padded by `pad_len` [R]) into `cache` (P slots, written from
     cache.index); returns the fp32 logits [R, V] of column `last` (the prompt's last token, where it ends in this
     chunk), the cache, and with prompt_top = k >= 0 the log-probability [R, C] of each column's `following` token
-    [R, C] (the prompt's next one) and the k most likely ids [R, C, k] with theirs (None otherwise)."""
+    [R, C] (the prompt's next one) and the k most likely ids [R, C, k] with theirs (None otherwise).
+    `last_only`: the head runs on the last column alone (it is `last`, or no logits are needed; no scores)."""
+    if last_only:
+        logits, cache = loop.feed(logits_fn, params, tokens, pad_len, cache, ForwardMode.PREFILL, last_only=True)
+        return logits[:, -1].astype(jnp.float32), cache, None
     logits, cache = loop.feed(logits_fn, params, tokens, pad_len, cache, ForwardMode.PREFILL)
     scores = None
     if prompt_top >= 0:
@@ -152,17 +158,19 @@ def insert(
     pad_len: jax.Array,
     shift: jax.Array,
     prompt_cache: KVCache,
+    source: jax.Array,
     logits: jax.Array,
     row: RowSettings,
 ) -> SlotState:
-    """Start a sequence in `slot`: its prefilled cache (row 0 of `prompt_cache`, P slots, the prompt's tokens from
-    slot `shift` on; the prompt [T] itself left-padded by `pad_len`) moves to slots 0 .. L-1, and its first token
-    will be chosen from `logits` [V]."""
+    """Start a sequence in `slot`: its prefilled cache (row `source` of `prompt_cache`, P slots, the prompt's
+    tokens from slot `shift` on; the prompt [T] itself left-padded by `pad_len`) moves to slots 0 .. L-1, and its
+    first token will be chosen from `logits` [V]."""
     kv_heads = state.cache.k[0].shape[0] // state.cache.index.shape[0]
     start, length = slot * kv_heads, state.cache.length
 
     def place(full, part, axis):  # part [R*K, ...] with P slots on `axis`; real tokens rolled to the front
-        part = jnp.roll(part[:kv_heads], -shift, axis=axis)
+        part = jax.lax.dynamic_slice_in_dim(part, source * kv_heads, kv_heads, axis=0)
+        part = jnp.roll(part, -shift, axis=axis)
         part = jax.lax.slice_in_dim(part, 0, min(length, part.shape[axis]), axis=axis)  # a bucket past the slot
         return jax.lax.dynamic_update_slice(full, part, (start, 0, 0))
 
