@@ -177,7 +177,7 @@ inline void columns_block(const Shape& s, int64_t m0, int64_t n0, int64_t k0, in
   const float* xp = s.x + m0 * s.K;
   for (int64_t k = k0; k < k1; ++k, wp += s.N) {
     if (k + kPrefetchRows < k1)
-      for (int c = 0; c < C; c += 4) prefetch(wp + kPrefetchRows * s.N + c * kLanes);
+      for (int c = 0; c < C; c += (R == 1 ? 4 : 1)) prefetch(wp + kPrefetchRows * s.N + c * kLanes);
     P wv[CP];
     for (int c = 0; c < CP; ++c) wv[c] = pload(wp + c * kPieceLanes);
     for (int r = 0; r < R; ++r) {
