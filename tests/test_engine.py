@@ -4,6 +4,7 @@ prompts are prefilled in chunks between decode dispatches; a failing request end
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -220,6 +221,8 @@ def test_short_prompts_that_arrive_together_share_one_prefill_pass_and_keep_the_
     passes = Passes()
     engine = Engine(bundled, slots_count=13, steps_per_dispatch=4, observer=passes)
     alone_engine = Engine(bundled, slots_count=2, steps_per_dispatch=4, prefill_together=1)
+    engine.prefiller.groups.compile(8, 16)  # else the first burst goes one by one while they compile (below)
+    engine.prefiller.groups.compile(2, 32)
     try:
         together = run_requests(engine, items)
         alone = [run_requests(alone_engine, [item])[0] for item in items]
@@ -234,6 +237,27 @@ def test_short_prompts_that_arrive_together_share_one_prefill_pass_and_keep_the_
         assert got["tokens"] == want["tokens"] and got["logprobs"] == want["logprobs"]
         assert got["top"] == want["top"]
     assert_same_as_generate(bundled, items, together)
+
+
+def test_a_group_waits_for_no_compilation(bundled):
+    """A burst meets a program not compiled yet: its first prompt is prefilled alone while the program compiles in
+    the background, and the same burst later shares one pass (4 prompts, 5 rows), with the same bits."""
+    passes = Passes()
+    engine = Engine(bundled, slots_count=5, steps_per_dispatch=4, observer=passes)
+    try:
+        items = short_items(bundled, [9, 10, 11, 12], seed=9)
+        first = run_requests(engine, items)
+        groups, burst = engine.prefiller.groups, len(passes.prompts)
+        deadline = time.monotonic() + 300
+        while groups.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_requests(engine, items)
+    finally:
+        engine.close()
+    assert passes.prompts[0] == 1
+    if engine.prefiller.exact_together:
+        assert groups.get(4, 16) is not None and passes.prompts[burst:] == [4]
+    assert [(r["tokens"], r["logprobs"]) for r in first] == [(r["tokens"], r["logprobs"]) for r in second]
 
 
 def test_prompts_are_prefilled_together_only_where_that_keeps_their_bits(bundled):

@@ -136,6 +136,7 @@ def test_blocks_of_prompts_prefilled_together_are_the_bits_of_misses(bundled, en
     makes that exact): each keeps its block from its own row of the pass, and prompts that start with those blocks
     hit them, with the bits of the engine without the cache."""
     cached, plain = engines
+    cached.prefiller.groups.compile(4, CHUNK)  # the pass's program (else they go one by one while it compiles)
     rng = np.random.default_rng(7)
     blocks = [rng.integers(4, 4000, CHUNK).tolist() for _ in range(4)]
     first = [(block, sampled(10 + i)) for i, block in enumerate(blocks)]

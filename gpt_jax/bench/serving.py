@@ -1,7 +1,8 @@
 """`gpt-jax bench-serve`: the server under Poisson arrivals against static batching of the same requests.
 
 Requests arrive as a Poisson process at each rate (`--workload chat`: multi-turn conversations with the prefix cache
-and without it instead, `serving_chat`). Prompts are corpus slices of uniformly drawn length; output
+and without it instead, `serving_chat`; `--workload context`: short requests on a long and a short `--max-len`,
+`serving_context`). Prompts are corpus slices of uniformly drawn length; output
 lengths are drawn from a geometric distribution (long-tailed, as chat replies are), and each request generates
 exactly that many tokens (min_tokens = max_tokens), so both sides do the same work. The server side streams every
 request over HTTP (httpx) from this process; the static side runs `generate_ids` on batches of `slots` requests in
@@ -187,10 +188,11 @@ def parser() -> OneLineParser:
     p = OneLineParser(prog="gpt-jax bench-serve", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--workload",
-        choices=["poisson", "chat"],
+        choices=["poisson", "chat", "context"],
         default="poisson",
         help="poisson: this page's requests; chat: conversations sharing a system prompt, with the prefix cache and "
-        "without (gpt-jax bench-serve --workload chat --help)",
+        "without (gpt-jax bench-serve --workload chat --help); context: short requests on a long --max-len against "
+        "a short one (--workload context --help)",
     )
     p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     p.add_argument("--rates", default="4,8,16,32", help="arrival rates, requests per second, comma-separated")

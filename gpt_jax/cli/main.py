@@ -273,9 +273,11 @@ def _run(argv: list[str]) -> int:
     if argv[:1] == ["bench-serve"]:
         from gpt_jax.bench.serving import main as bench_serve_main
         from gpt_jax.bench.serving_chat import main as bench_chat_main
+        from gpt_jax.bench.serving_context import main as bench_context_main
 
-        chat = "--workload" in argv[1:-1] and argv[argv.index("--workload") + 1] == "chat"
-        return (bench_chat_main if chat else bench_serve_main)(argv[1:])
+        workload = argv[argv.index("--workload") + 1] if "--workload" in argv[1:-1] else "poisson"
+        mains = {"chat": bench_chat_main, "context": bench_context_main}
+        return mains.get(workload, bench_serve_main)(argv[1:])
     if argv[:1] == ["bench"]:  # the benchmark has its own argument parser
         from gpt_jax.bench.models import main as bench_main
 

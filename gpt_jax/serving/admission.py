@@ -5,13 +5,16 @@ Short prompts that wait together are prefilled in one pass where that keeps each
 (`prefill.Prefiller.short`, `prefill.batches_exactly`): the queue's head and the prompts of its bucket T queued
 after it, in queue order, at most `together` of them, bucket(G) * T <= max_len (the pass's cache fits a slot's
 length) and no more rows than free slots; while slots decode, a pass stays within the turn's budget of tokens
-(G * T), as one prompt's chunks do. The prompts it passes over keep their places.
+(G * T), as one prompt's chunks do. The prompts it passes over keep their places. A group waits for no
+compilation: where the program of its rows is not ready yet (`group_programs`), it is made smaller, down to one by
+one.
 """
 
 from __future__ import annotations
 
 import collections
 
+from gpt_jax.decoding.batching import bucket
 from gpt_jax.serving.prefill import Prefiller
 from gpt_jax.serving.requests import Prefill, Request
 
@@ -25,6 +28,16 @@ class Admission:
         self.queue: collections.deque[Request] = collections.deque()
         self.prefilling: Prefill | None = None  # a prompt prefilled chunk by chunk
         self.ready: collections.deque[Prefill] = collections.deque()  # prefilled, waiting for free slots
+
+    def warm(self, widths) -> None:
+        """Compile now (blocking) the program of every group of prompts of these buckets that can form: what a
+        server that has run a while holds (for benchmarks)."""
+        rows = 2
+        while self.prefiller.exact_together and rows <= bucket(self.together):
+            for width in widths:
+                if rows * width <= self.max_len:
+                    self.prefiller.groups.compile(rows, width)
+            rows *= 2
 
     @property
     def waiting(self) -> int:
@@ -79,6 +92,7 @@ class Admission:
                 rows += request.rows
             elif request is head:
                 return []
+        group = group[: self.prefiller.fits_together(len(group), width)]
         if len(group) < 2:
             return []
         for request in group:

@@ -25,6 +25,7 @@ import numpy as np
 from gpt_jax.decoding.batching import bucket
 from gpt_jax.model.quantize import Int8Kernel
 from gpt_jax.model.row_invariant import ForwardMode
+from gpt_jax.serving.group_programs import GroupPrograms
 from gpt_jax.serving.prefix_cache import PrefixCache, block_bytes, block_keys, put_block, take_block
 from gpt_jax.serving.requests import Prefill, prompt_event
 
@@ -94,6 +95,7 @@ class Prefiller:
         self.cache = PrefixCache(budget_bytes, chunk, block_bytes(gen.config, chunk))
         self.kv_heads = gen.config.n_kv_heads
         self.exact_together = rows == 1 and batches_exactly(gen)
+        self.groups = GroupPrograms(programs, gen.params)
 
     def step(self, job: Prefill) -> int:
         """One chunk of the job's prompt; returns the columns it took. The last one leaves the first token's
@@ -140,19 +142,25 @@ class Prefiller:
         one_chunk = request.prompt_len <= self.chunk
         return self.exact_together and one_chunk and request.prompt_top < 0 and not request.prefill_alone
 
+    def fits_together(self, count: int, width: int) -> int:
+        """How many of `count` short prompts of bucket `width` one pass can take now: `count`, or fewer where the
+        program of bucket(count) rows is still compiling (`group_programs`; it is then asked for)."""
+        while count >= 2 and self.groups.get(bucket(count), width) is None:
+            count = bucket(count) // 2
+        return count
+
     def together(self, jobs: list[Prefill]) -> int:
-        """Prefill the prompts of `jobs` (each `short`, all of one bucket T) in one pass of bucket(G) rows, the
-        last ones repeating the first prompt; each job's logits are then ready and its cache is its row `source`
-        of the pass's cache. Returns the columns computed (G * T)."""
+        """Prefill the prompts of `jobs` (each `short`, all of one bucket T, `fits_together`) in one pass of
+        bucket(G) rows, the last ones repeating the first prompt; each job's logits are then ready and its cache
+        is its row `source` of the pass's cache. Returns the columns computed (G * T)."""
         layouts = [plan(job.request.prep.inputs, 1, self.chunk, self.gen.config.pad_id) for job in jobs]
         width, rows = layouts[0].width, bucket(len(jobs))
         filler = [layouts[0]] * (rows - len(jobs))
         tokens = np.concatenate([lay.tokens for lay in layouts + filler])
         pad_len = np.array([lay.pad for lay in layouts + filler], np.int32)
         cache = self.programs.new_cache(rows, width).replace(index=np.int32(0))
-        logits, cache, _ = self.programs.prefill(
-            self.gen.params, tokens, pad_len, cache, tokens, np.int32(width - 1), last_only=True
-        )
+        program = self.groups.compile(rows, width)  # ready: `fits_together`
+        logits, cache, _ = program(self.gen.params, tokens, pad_len, cache, tokens, np.int32(width - 1))
         for g, (job, lay) in enumerate(zip(jobs, layouts)):
             job.layout, job.cache, job.source, job.next, job.logits = lay, cache, g, 1, logits[g]
             job.request.cached_tokens = 0
