@@ -2,9 +2,9 @@
 one run.
 
 The same requests (corpus prompts of `--prompt-tokens` tokens, exactly `--new-tokens` sampled tokens each, seeded)
-all arrive at once at a server of `--slots` slots and `--max-len` positions (default: the model's context), then at
-one of `--short-len` positions, each with its programs compiled and after two warm-up rounds (the median of
-`--rounds` measured rounds is kept). A decode dispatch attends to
+all arrive at once at a server of `--slots` slots and `--max-len` positions (default: the model's context) and at
+one of `--short-len` positions, the two taking turns round by round, each with its programs compiled and after two
+warm-up rounds (the median of `--rounds` measured rounds is kept). A decode dispatch attends to
 the bucket its live slots fill (`serving.slots.attend_bucket`), so the long server should cost about what the short
 one does. Reported per side: output tokens/s over the round, time to first token and time per output token (p50,
 p99). Writes JSON and a PNG plot.
@@ -21,24 +21,36 @@ from gpt_jax.errors import InputError
 from gpt_jax.util.output_files import write_bytes_atomically, write_text_atomically
 
 
-def serve_side(gen, requests: list[dict], slots: int, max_len: int, rounds: int) -> dict:
-    """The programs compiled (every prefill group that can form: which form depends on the arrival order), two
-    warm-up rounds, then `rounds` measured ones: the round of the median output tokens/s."""
+def measure_sides(gen, requests: list[dict], slots: int, lengths: tuple[int, int], rounds: int) -> dict:
+    """Both servers up at once, each with its programs compiled (every prefill group that can form: which form
+    depends on the arrival order) and two warm-up rounds; then `rounds` measured rounds, the servers taking turns
+    round by round (so a slow spell of the machine falls on both); per server the round of the median output
+    tokens/s."""
     from gpt_jax.serving.run import BackgroundServer
 
-    server = BackgroundServer(gen, "bench", slots=slots, max_queue=len(requests), max_len=max_len)
+    servers = {}
     try:
-        # the programs of every group of these prompts' buckets, as a server that has run a while holds them
-        server.engine.admission.warm(sorted({bucket(len(r["prompt"]), MIN_LENGTH_BUCKET) for r in requests}))
-        for _ in range(2):
-            asyncio.run(run_server_side(server.url, "bench", requests, 1e9))
-        results = [asyncio.run(run_server_side(server.url, "bench", requests, 1e9)) for _ in range(rounds)]
-        result = sorted(results, key=lambda r: r["output_tokens_per_s"])[len(results) // 2]
-        result["rounds_output_tokens_per_s"] = [r["output_tokens_per_s"] for r in results]
-        result["decode_programs"] = server.engine.compiled_decode_programs
+        for length in lengths:
+            servers[length] = BackgroundServer(gen, "bench", slots=slots, max_queue=len(requests), max_len=length)
+        widths = sorted({bucket(len(r["prompt"]), MIN_LENGTH_BUCKET) for r in requests})
+        for server in servers.values():
+            server.engine.admission.warm(widths)
+            for _ in range(2):
+                asyncio.run(run_server_side(server.url, "bench", requests, 1e9))
+        results = {length: [] for length in lengths}
+        for _ in range(rounds):
+            for length, server in servers.items():
+                results[length].append(asyncio.run(run_server_side(server.url, "bench", requests, 1e9)))
+        sides = {}
+        for length, server in servers.items():
+            side = sorted(results[length], key=lambda r: r["output_tokens_per_s"])[rounds // 2]
+            side["rounds_output_tokens_per_s"] = [r["output_tokens_per_s"] for r in results[length]]
+            side["decode_programs"] = server.engine.compiled_decode_programs
+            sides[f"max_len {length}"] = side
     finally:
-        server.stop()
-    return result
+        for server in servers.values():
+            server.stop()
+    return sides
 
 
 def run_context(gen, args, model: str) -> dict:
@@ -48,11 +60,10 @@ def run_context(gen, args, model: str) -> dict:
     )
     for request in requests:
         request["output"] = args.new_tokens
-    sides = {}
-    for length in (long_len, args.short_len):
-        sides[f"max_len {length}"] = side = serve_side(gen, requests, args.slots, length, args.rounds)
+    sides = measure_sides(gen, requests, args.slots, (long_len, args.short_len), args.rounds)
+    for name, side in sides.items():
         print(
-            f"max_len {length}: {side['output_tokens_per_s']:.0f} output tok/s, TTFT p50 {side['ttft_s']['p50']:.3f} "
+            f"{name}: {side['output_tokens_per_s']:.0f} output tok/s, TTFT p50 {side['ttft_s']['p50']:.3f} "
             f"s, TPOT p50 {side['tpot_s']['p50'] * 1e3:.1f} ms",
             flush=True,
         )
