@@ -60,7 +60,7 @@ def device_only(engine: Engine, prep, params, steps: int, rounds: int) -> float:
         for b in range(engine.slots):
             pad = inputs.pad_len[0]
             state = programs.insert(
-                state, np.int32(b), inputs.tokens[0], pad, np.int32(pad), cache, np.int32(0), logits[0], row
+                state, np.int32(b), inputs.tokens[0], pad, np.int32(pad), cache, logits[0], row
             )
         jax.block_until_ready(state)
         start = time.perf_counter()

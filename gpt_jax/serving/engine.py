@@ -236,7 +236,7 @@ class Engine:
             settings = slots.RowSettings.of(inputs, row).replace(constraint=np.int32(start))
             prompt, pad, shift = inputs.tokens[0], inputs.pad_len[0], np.int32(job.layout.pad)
             self._state = self.programs.insert(
-                self._state, np.int32(b), prompt, pad, shift, job.cache, np.int32(job.source), job.logits, settings
+                self._state, np.int32(b), prompt, pad, shift, job.cache, job.logits, settings
             )
             self.constraints.joined(b, start)
             with self._lock:

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import queue
 import threading
+from functools import partial
 
+import jax
 import numpy as np
+
+from gpt_jax.model.kv_cache import KVCache
+
+
+def pass_by_rows(prefill, params, tokens, cache: KVCache, pad_len):
+    """One `SlotPrograms.prefill` pass of prompts [R, T] (the head on the last column) into `cache`; returns their
+    logits [R, V] and one cache per prompt, as a prompt prefilled alone has (so inserting it into a slot or keeping
+    its block runs the programs a lone prompt does)."""
+    logits, cache, _ = prefill(params, tokens, pad_len, cache, tokens, tokens.shape[1] - 1, last_only=True)
+    heads = cache.k[0].shape[0] // tokens.shape[0]
+    row = lambda r, xs: tuple(x[r * heads : (r + 1) * heads] for x in xs)
+    return logits, [cache.replace(k=row(r, cache.k), v=row(r, cache.v)) for r in range(tokens.shape[0])]
 
 
 class GroupPrograms:
-    """Ahead-of-time compiled `SlotPrograms.prefill` passes of R rows and T columns, the head on the last column."""
+    """Ahead-of-time compiled passes of R prompts of T columns (`pass_by_rows`)."""
 
     def __init__(self, programs, params):
         self.programs, self.params = programs, params
@@ -50,10 +64,8 @@ class GroupPrograms:
                 return self._ready[(rows, width)]
         tokens = np.zeros((rows, width), np.int32)
         cache = self.programs.new_cache(rows, width).replace(index=np.int32(0))
-        lowered = self.programs.prefill.lower(
-            self.params, tokens, np.zeros(rows, np.int32), cache, tokens, np.int32(width - 1), last_only=True
-        )
-        program = lowered.compile()
+        prefill = jax.jit(partial(pass_by_rows, self.programs.prefill))  # outputs are rows: nothing to donate into
+        program = prefill.lower(self.params, tokens, cache, np.zeros(rows, np.int32)).compile()
         with self._lock:
             self._asked.add((rows, width))
             self._ready[(rows, width)] = program

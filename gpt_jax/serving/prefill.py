@@ -127,7 +127,7 @@ class Prefiller:
             columns = slice(max(start, lay.pad) - start, min(start + width, end - 1) - start)
             job.scores.append(jax.tree.map(lambda x: np.asarray(x[0, columns]), scores))
         if j < len(job.keys) and not self.cache.has(job.keys[j]):
-            self._store(job.keys[j], job.cache, start, 0, width)
+            self._store(job.keys[j], job.cache, start, width)
         job.next = j + 1
         self.observer.on_prefill(width)
         if job.next >= lay.chunks:
@@ -151,8 +151,8 @@ class Prefiller:
 
     def together(self, jobs: list[Prefill]) -> int:
         """Prefill the prompts of `jobs` (each `short`, all of one bucket T, `fits_together`) in one pass of
-        bucket(G) rows, the last ones repeating the first prompt; each job's logits are then ready and its cache
-        is its row `source` of the pass's cache. Returns the columns computed (G * T)."""
+        bucket(G) rows, the last ones repeating the first prompt; each job's logits and its own one-row cache are
+        then ready. Returns the columns computed (G * T)."""
         layouts = [plan(job.request.prep.inputs, 1, self.chunk, self.gen.config.pad_id) for job in jobs]
         width, rows = layouts[0].width, bucket(len(jobs))
         filler = [layouts[0]] * (rows - len(jobs))
@@ -160,21 +160,20 @@ class Prefiller:
         pad_len = np.array([lay.pad for lay in layouts + filler], np.int32)
         cache = self.programs.new_cache(rows, width).replace(index=np.int32(0))
         program = self.groups.compile(rows, width)  # ready: `fits_together`
-        logits, cache, _ = program(self.gen.params, tokens, pad_len, cache, tokens, np.int32(width - 1))
+        logits, caches = program(self.gen.params, tokens, cache, pad_len)
         for g, (job, lay) in enumerate(zip(jobs, layouts)):
-            job.layout, job.cache, job.source, job.next, job.logits = lay, cache, g, 1, logits[g]
+            job.layout, job.cache, job.next, job.logits = lay, caches[g], 1, logits[g]
             job.request.cached_tokens = 0
             if self.cache.enabled:  # nothing to find in a one-chunk prompt; a whole block is kept
                 self.observer.on_prefix_lookup(lay.length, 0)
                 job.keys = block_keys(lay.tokens[0, lay.pad :], width, lay.blocks)
                 if job.keys and not self.cache.has(job.keys[0]):
-                    self._store(job.keys[0], cache, 0, g, width)
+                    self._store(job.keys[0], job.cache, 0, width)
         self.observer.on_prefill(width * len(jobs), len(jobs))
         return width * len(jobs)
 
-    def _store(self, key: bytes, cache, start: int, row: int, width: int) -> None:
-        block = take_block(cache, np.int32(start), np.int32(row), kv_heads=self.kv_heads, block=width)
-        self.cache.store(key, block)
+    def _store(self, key: bytes, cache, start: int, width: int) -> None:
+        self.cache.store(key, take_block(cache, np.int32(start), kv_heads=self.kv_heads, block=width))
 
     def _begin(self, job: Prefill) -> None:
         """Plan the prompt, find its cached blocks (not for a prompt that is scored: its every column is needed)

@@ -33,7 +33,7 @@ DEFAULT_BUDGET_GB = 1.0
 
 @dataclasses.dataclass
 class Block:
-    """One cached block: per layer keys [K, H, C] and values [K, C, H] (its row of the prefill pass that made it)."""
+    """One cached block: per layer keys [K, H, C] and values [K, C, H] (row 0 of the prefill that made it)."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -102,14 +102,11 @@ class PrefixCache:
 
 
 @partial(jax.jit, static_argnames=("kv_heads", "block"))
-def take_block(cache: KVCache, start: jax.Array, row: jax.Array, *, kv_heads: int, block: int) -> Block:
-    """Positions start .. start + C - 1 of prefill row `row` of a cache, as a Block."""
-
-    def take(x, axis):
-        x = jax.lax.dynamic_slice_in_dim(x, row * kv_heads, kv_heads, axis=0)
-        return jax.lax.dynamic_slice_in_dim(x, start, block, axis=axis)
-
-    return Block(tuple(take(x, 2) for x in cache.k), tuple(take(x, 1) for x in cache.v))
+def take_block(cache: KVCache, start: jax.Array, *, kv_heads: int, block: int) -> Block:
+    """Positions start .. start + C - 1 of row 0 of a prefill cache, as a Block."""
+    k = tuple(jax.lax.dynamic_slice_in_dim(x[:kv_heads], start, block, axis=2) for x in cache.k)
+    v = tuple(jax.lax.dynamic_slice_in_dim(x[:kv_heads], start, block, axis=1) for x in cache.v)
+    return Block(k, v)
 
 
 @partial(jax.jit, donate_argnums=(0,))

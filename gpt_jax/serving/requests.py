@@ -26,7 +26,6 @@ class Prefill:
     layout: Any = None
     keys: list = dataclasses.field(default_factory=list)
     cache: Any = None  # a KVCache, made at the first chunk and grown with the chunks
-    source: int = 0  # the cache's row that holds this prompt (prompts prefilled together share one cache)
     next: int = 0
     scores: list = dataclasses.field(default_factory=list)
     logits: Any = None  # [V]

@@ -158,19 +158,17 @@ def insert(
     pad_len: jax.Array,
     shift: jax.Array,
     prompt_cache: KVCache,
-    source: jax.Array,
     logits: jax.Array,
     row: RowSettings,
 ) -> SlotState:
-    """Start a sequence in `slot`: its prefilled cache (row `source` of `prompt_cache`, P slots, the prompt's
-    tokens from slot `shift` on; the prompt [T] itself left-padded by `pad_len`) moves to slots 0 .. L-1, and its
-    first token will be chosen from `logits` [V]."""
+    """Start a sequence in `slot`: its prefilled cache (row 0 of `prompt_cache`, P slots, the prompt's tokens from
+    slot `shift` on; the prompt [T] itself left-padded by `pad_len`) moves to slots 0 .. L-1, and its first token
+    will be chosen from `logits` [V]."""
     kv_heads = state.cache.k[0].shape[0] // state.cache.index.shape[0]
     start, length = slot * kv_heads, state.cache.length
 
     def place(full, part, axis):  # part [R*K, ...] with P slots on `axis`; real tokens rolled to the front
-        part = jax.lax.dynamic_slice_in_dim(part, source * kv_heads, kv_heads, axis=0)
-        part = jnp.roll(part, -shift, axis=axis)
+        part = jnp.roll(part[:kv_heads], -shift, axis=axis)
         part = jax.lax.slice_in_dim(part, 0, min(length, part.shape[axis]), axis=axis)  # a bucket past the slot
         return jax.lax.dynamic_update_slice(full, part, (start, 0, 0))
 
