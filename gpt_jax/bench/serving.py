@@ -160,13 +160,32 @@ def run_static_side(gen, requests: list[dict], rate: float, batch: int) -> dict:
     return summarize(records, start)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    return plt
+
+
+def save_figure(fig, path) -> None:
+    """`fig` as an image at `path` (its suffix names the format, PNG by default), written atomically."""
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    write_bytes_atomically(path, image.getvalue())
+
+
+def check_report_paths(args) -> None:
+    """--json, and --plot unless it is '', must be writable files (before anything runs)."""
+    check_output_file(args.json, "--json")
+    if args.plot:
+        check_output_file(args.plot, "--plot")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     for side, marker in (("continuous", "o-"), ("static", "s--")):
         xs = [r[side]["output_tokens_per_s"] for r in results]
         for ax, metric in zip(axes, ("p50", "p99")):
@@ -179,9 +198,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.legend()
     fig.suptitle("gpt-jax serve: continuous vs static batching (labels: arrival rate)")
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, dpi=110, format=path.suffix.lstrip(".") or "png")
-    write_bytes_atomically(path, image.getvalue())
+    save_figure(fig, path)
 
 
 def parser() -> OneLineParser:
@@ -219,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--rates must be positive, --prompt-tokens 1 <= low <= high, --mean-output >= 1 (finite)")
     if not 0 <= args.seed < 2**31:
         raise InputError(f"--seed must be an integer in [0, 2**31), got {args.seed}")
-    check_output_file(args.json, "--json")
-    if args.plot:
-        check_output_file(args.plot, "--plot")
+    check_report_paths(args)
     corpus = corpus_file(args.corpus)
     return run(args, rates, (low, high), corpus)
 

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from gpt_jax.bench.serving import long_context_llama, machine, percentiles
-from gpt_jax.util.output_files import write_bytes_atomically, write_text_atomically
+from gpt_jax.bench.serving import check_report_paths, long_context_llama, machine, percentiles, pyplot, save_figure
+from gpt_jax.util.output_files import write_text_atomically
 
 
 def make_conversations(tokenizer, corpus_ids: list[int], args) -> dict:
@@ -138,15 +138,8 @@ def run_chat(gen, corpus_ids: list[int], args, model: str) -> dict:
 
 
 def plot_chat(report: dict, path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(report["sides"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.6))
     for i, metric in enumerate(("p50", "p99")):
         axes[0].bar([j + 0.4 * i for j in range(2)], [report["sides"][n]["ttft_s"][metric] for n in names], 0.4,
                     label=metric)  # fmt: skip
@@ -161,9 +154,7 @@ def plot_chat(report: dict, path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, dpi=110, format="png")
-    write_bytes_atomically(path, image.getvalue())
+    save_figure(fig, path)
 
 
 def write_report(report: dict, json_path, plot_path) -> None:
@@ -218,7 +209,6 @@ def main(argv: list[str]) -> int:
     from gpt_jax.bench.corpus import corpus_file
     from gpt_jax.errors import InputError
     from gpt_jax.training.corpus import read_text
-    from gpt_jax.util.output_files import check_output_file
 
     args = parser().parse_args(argv)
     try:
@@ -228,9 +218,7 @@ def main(argv: list[str]) -> int:
         raise InputError("--user-tokens takes two integers like 16,64") from None
     if not (1 <= low <= high and math.isfinite(args.rate) and args.rate > 0 and 0 <= args.seed < 2**31):
         raise InputError("--user-tokens needs 1 <= low <= high, --rate a positive number, --seed in [0, 2**31)")
-    check_output_file(args.json, "--json")
-    if args.plot:
-        check_output_file(args.plot, "--plot")
+    check_report_paths(args)
     corpus = corpus_file(args.corpus)
     gen, model = load_model(args)
     longest = args.system_tokens + 1 + args.turns * (high + args.reply_tokens)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 
-from gpt_jax.bench.serving import machine, make_requests, run_server_side
+from gpt_jax.bench.serving import check_report_paths, machine, make_requests, pyplot, run_server_side, save_figure
 from gpt_jax.decoding.batching import MIN_LENGTH_BUCKET, bucket
 from gpt_jax.bench.serving_chat import load_model
 from gpt_jax.errors import InputError
-from gpt_jax.util.output_files import write_bytes_atomically, write_text_atomically
+from gpt_jax.util.output_files import write_text_atomically
 
 
 def measure_sides(gen, requests: list[dict], slots: int, lengths: tuple[int, int], rounds: int) -> dict:
@@ -82,15 +82,8 @@ def run_context(gen, args, model: str) -> dict:
 
 
 def plot_context(report: dict, path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(report["sides"])
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(8, 3.4))
     axes[0].bar(names, [report["sides"][n]["output_tokens_per_s"] for n in names])
     axes[0].set(ylabel="output tokens/s")
     axes[1].bar(names, [report["sides"][n]["tpot_s"]["p50"] * 1e3 for n in names])
@@ -102,9 +95,7 @@ def plot_context(report: dict, path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, dpi=110, format="png")
-    write_bytes_atomically(path, image.getvalue())
+    save_figure(fig, path)
 
 
 def parser():
@@ -136,7 +127,6 @@ def main(argv: list[str]) -> int:
     import json
 
     from gpt_jax.bench.corpus import corpus_file
-    from gpt_jax.util.output_files import check_output_file
 
     args = parser().parse_args(argv)
     try:
@@ -146,9 +136,7 @@ def main(argv: list[str]) -> int:
         raise InputError("--prompt-tokens takes two integers like 16,64") from None
     if not (1 <= low <= high and 0 <= args.seed < 2**31):
         raise InputError("--prompt-tokens needs 1 <= low <= high, --seed an integer in [0, 2**31)")
-    check_output_file(args.json, "--json")
-    if args.plot:
-        check_output_file(args.plot, "--plot")
+    check_report_paths(args)
     args.corpus = corpus_file(args.corpus)
     gen, model = load_model(args)
     long_len = args.max_len or gen.config.max_seq_len
