@@ -7,6 +7,7 @@ is ready, a group is made smaller or its prompts are prefilled one by one.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from functools import partial
@@ -27,6 +28,16 @@ def pass_by_rows(prefill, params, tokens, cache: KVCache, pad_len):
     return logits, [cache.replace(k=row(r, cache.k), v=row(r, cache.v)) for r in range(tokens.shape[0])]
 
 
+IDLE_SECONDS = 5.0  # a background thread with nothing to compile for this long ends
+_WORKERS: set = set()  # the GroupPrograms whose thread runs
+
+
+@atexit.register
+def _stop_all() -> None:
+    for programs in list(_WORKERS):
+        programs.stop()
+
+
 class GroupPrograms:
     """Ahead-of-time compiled passes of R prompts of T columns (`pass_by_rows`)."""
 
@@ -38,16 +49,18 @@ class GroupPrograms:
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._stopping = False
 
     def get(self, rows: int, width: int):
         """The compiled program, or None: its compilation is then queued (once) for the background thread."""
         with self._lock:
             program = self._ready.get((rows, width))
-            if program is None and (rows, width) not in self._asked:
+            if program is None and (rows, width) not in self._asked and not self._stopping:
                 self._asked.add((rows, width))
                 self._queue.put((rows, width))
                 if self._worker is None:
                     self._worker = threading.Thread(target=self._work, name="gpt-jax-prefill-compile", daemon=True)
+                    _WORKERS.add(self)
                     self._worker.start()
         return program
 
@@ -71,9 +84,29 @@ class GroupPrograms:
             self._ready[(rows, width)] = program
         return program
 
+    def stop(self) -> None:
+        """Let the compilation under way finish and stop the background thread (before the interpreter exits: a
+        thread killed inside XLA's compiler aborts the process)."""
+        with self._lock:
+            worker, self._stopping = self._worker, True
+        if worker is not None:
+            self._queue.put(None)
+            worker.join()
+
     def _work(self) -> None:
         while True:
-            rows, width = self._queue.get()
+            try:
+                item = self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                item = None
+            with self._lock:
+                if item is None or self._stopping:  # idle or stopping: the thread ends (`get` starts another)
+                    if item is None and not self._stopping and not self._queue.empty():
+                        continue
+                    self._worker = None
+                    _WORKERS.discard(self)
+                    return
+            rows, width = item
             try:
                 self.compile(rows, width)
             except Exception:  # noqa: BLE001 - that shape is never grouped; its prompts go one by one

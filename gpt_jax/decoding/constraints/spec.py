@@ -146,8 +146,12 @@ def library():
 def _json_schema(value) -> Constraint:
     build_regex_from_schema = library().json_schema.build_regex_from_schema
     schema = schema_dict(value)
+    try:
+        text = json.dumps(schema)
+    except (TypeError, ValueError) as e:
+        raise ConstraintError(f"json_schema must hold JSON values only: {e}") from None
     check(
-        str(PLACEHOLDER)[:16] not in json.dumps(schema),
+        str(PLACEHOLDER)[:16] not in text,
         ConstraintError,
         f"json_schema may not hold the digits {str(PLACEHOLDER)[:16]!r} (they mark bounded numbers)",
     )
