@@ -45,8 +45,9 @@ def serve_all(engine: Engine, preps) -> float:
     return time.perf_counter() - start
 
 
-def device_only(engine: Engine, prep, params, steps: int, rounds: int) -> float:
-    """Seconds per decode step of the slot program with every slot running one sequence (built by hand)."""
+def device_only(engine: Engine, prep, params, steps: int, rounds: int, attend: int | None = None) -> float:
+    """Seconds per decode step of the slot program with every slot running one sequence (built by hand), attending
+    to the first `attend` positions of each slot (default: all)."""
     programs, inputs = engine.programs, prep.inputs
     t = inputs.tokens.shape[1]
     cache = programs.new_cache(1, t).replace(index=np.int32(0))
@@ -65,7 +66,7 @@ def device_only(engine: Engine, prep, params, steps: int, rounds: int) -> float:
         jax.block_until_ready(state)
         start = time.perf_counter()
         for _ in range(rounds):
-            state, out = programs.decode(params, state, release, steps=steps, top_logprobs=0)
+            state, out = programs.decode(params, state, release, steps=steps, top_logprobs=0, attend=attend)
         jax.block_until_ready(out)
         assert not np.asarray(state.rows.done).any()  # every slot decoded every step
         best = min(best, (time.perf_counter() - start) / (rounds * steps)) if repeat else best

@@ -96,6 +96,25 @@ def test_batched_products_are_each_their_own_and_blind_to_query_count_and_traili
     np.testing.assert_array_equal(np.asarray(batched(padded_x, padded_w)), full)
 
 
+def test_a_batched_product_reads_a_view_of_a_longer_weight_in_place():
+    """x [R, M, K'] times the first K' rows and N' columns of w [R, K, N] (a decode step over the first slots of a
+    longer cache): the bits of the product with that view copied out, for views that end inside a vector, at one
+    and beyond the register blocks; a view of the whole weight is the plain product."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((3, 300, 530), dtype=np.float32)
+    x = rng.standard_normal((3, 5, 300), dtype=np.float32)
+    for k, n in ((300, 530), (37, 530), (300, 17), (256, 256), (100, 300), (1, 1)):
+        view = jax.jit(cpu_products.batched_row_product, static_argnums=2)(x[:, :, :k], w, n)
+        copied = jax.jit(cpu_products.batched_row_product)(x[:, :, :k], np.ascontiguousarray(w[:, :k, :n]))
+        assert view.shape == (3, 5, n)
+        np.testing.assert_array_equal(np.asarray(view), np.asarray(copied))
+    want = np.einsum("rmk,rkn->rmn", x[:, :, :100].astype(np.float64), w[:, :100, :300].astype(np.float64))
+    got = jax.jit(cpu_products.batched_row_product, static_argnums=2)(x[:, :, :100], w, 300)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(Exception, match="x must be"):
+        jax.jit(cpu_products.batched_row_product)(np.ones((3, 5, 301), np.float32), w).block_until_ready()
+
+
 def test_output_shape_follows_the_weights_other_axes():
     x = jnp.ones((2, 3, 8), jnp.float32)
     w = jnp.ones((8, 4, 5), jnp.float32)

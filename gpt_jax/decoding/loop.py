@@ -54,7 +54,7 @@ def feed(logits_fn: LogitsFn, params, tokens, pad_len, cache: KVCache, mode: For
     """tokens [B, T] written at the cache's index (one for all rows, or [B] per row) of rows left-padded by
     `pad_len` [B]: their logits [B, T, V] ([B, 1, V] with `last_only`) and the cache. The one place positions and
     masks are made for a pass."""
-    positions, mask = cached_positions_and_mask(cache.index, pad_len, tokens.shape[1], cache.length)
+    positions, mask = cached_positions_and_mask(cache.index, pad_len, tokens.shape[1], cache.attended)
     if last_only:
         return logits_fn(params, tokens, positions, mask, cache, mode, last_only=True)
     return logits_fn(params, tokens, positions, mask, cache, mode)

@@ -41,11 +41,18 @@ class KVCache:
     k: tuple[jax.Array, ...]  # per layer, keys [B*K, H, S] (rows and kv heads merged, slots last: see above)
     v: tuple[jax.Array, ...]  # per layer, values [B*K, S, H]
     index: jax.Array  # int32: the next slot to write, a scalar for the whole batch or [B] one per row (speculation)
+    view: int | None = flax.struct.field(pytree_node=False, default=None)  # attention sees slots 0 .. view-1 only
 
     @property
     def length(self) -> int:
         """S, the number of slots."""
         return self.v[0].shape[1]
+
+    @property
+    def attended(self) -> int:
+        """The slots a pass attends to: the first `view` (every query's slot must lie below it), else all S. The
+        writes go to the whole cache in place, and attention reads the view where it lies (no copy of it)."""
+        return self.length if self.view is None else self.view
 
     def write(self, layer: int, k: jax.Array, v: jax.Array) -> tuple[KVCache, jax.Array, jax.Array]:
         """Write [B, T, K, H] keys and values at `index` of one layer; return the cache and that layer's full

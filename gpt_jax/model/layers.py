@@ -174,10 +174,13 @@ class Attention(nn.Module):
         g = n // k
         q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b * k, g * t, h)  # [B*K, G*T, H]
         kernel = exact and cpu_products.usable(q, key) and value.dtype == jnp.float32
+        seen = cache.attended if cache is not None else key.shape[2]  # S' <= S slots attended to
+        if not kernel and seen < key.shape[2]:  # the kernel reads the first S' slots in place; XLA's products a copy
+            key, value = key[:, :, :seen], value[:, :seen]
         tile = lambda product, x: tiled(product, x, 1) if invariant else product(x)  # queries in tiles, or whole
         product = lambda q, key: jnp.einsum("RQH,RHS->RQS", q, key, preferred_element_type=jnp.float32)
         if kernel:  # one fixed sequence per score, whatever the query count and the cache length
-            scores = cpu_products.batched_row_product(q, key)
+            scores = cpu_products.batched_row_product(q, key, seen)
         elif invariant:  # query tiles of key blocks: each product's shape is one of a few, whatever B, T and S
             scores = tiled(lambda q: key_blocks(lambda key: product(q, key), key), q, 1)
         else:

@@ -32,7 +32,6 @@ from gpt_jax.model.kv_cache import KVCache
 from gpt_jax.model.row_invariant import ForwardMode, vocabulary_softmax
 
 MIN_ATTEND = 256  # the smallest number of positions a decode dispatch attends to
-VIEW_FRACTION = 4  # a bucket is used when it is at most 1 / VIEW_FRACTION of the slots' length
 
 
 @flax.struct.dataclass
@@ -204,9 +203,8 @@ def decode(
     step's token), finish [n, B] (after the step), and with top_logprobs = k > 0 the k most likely ids [n, B, k]
     and their log-probabilities."""
     state = state.replace(rows=state.rows.replace(done=state.rows.done | release))
-    whole = state.cache
-    if attend is not None and attend < whole.length:
-        state = state.replace(cache=first_positions(whole, attend))
+    if attend is not None and attend < state.cache.length:  # written in place, attended where it lies
+        state = state.replace(cache=state.cache.replace(view=attend))
 
     def one_step(state: SlotState, _):
         live = ~state.rows.done
@@ -222,40 +220,17 @@ def decode(
         return state, {**out, "finish": state.rows.finish}
 
     state, out = jax.lax.scan(one_step, state, None, length=steps)
-    if state.cache.length < whole.length:
-        state = state.replace(cache=merged(whole, state.cache))
-    return state, out
-
-
-def first_positions(cache: KVCache, length: int) -> KVCache:
-    """The first `length` positions of every slot (a free slot's index, the whole length, becomes `length`)."""
-    return cache.replace(
-        k=tuple(k[:, :, :length] for k in cache.k),
-        v=tuple(v[:, :length] for v in cache.v),
-        index=jnp.minimum(cache.index, length),
-    )
-
-
-def merged(whole: KVCache, part: KVCache) -> KVCache:
-    """`whole` with its first positions replaced by `part`'s; a slot that sat at `part`'s end keeps the larger of
-    its indexes (a free slot stays at the end of the whole cache)."""
-    index = jnp.where(part.index >= part.length, jnp.maximum(whole.index, part.index), part.index)
-    return whole.replace(
-        k=tuple(jax.lax.dynamic_update_slice(w, p, (0, 0, 0)) for w, p in zip(whole.k, part.k)),
-        v=tuple(jax.lax.dynamic_update_slice(w, p, (0, 0, 0)) for w, p in zip(whole.v, part.v)),
-        index=index,
-    )
+    return state.replace(cache=state.cache.replace(view=None)), out
 
 
 def attend_bucket(reach: int, length: int) -> int:
     """The positions a dispatch attends to when no live slot goes past `reach`: the smallest of MIN_ATTEND * 2**i
-    that holds it, or the slots' whole `length` where the bucket would be more than a quarter of it (copying the
-    bucket out and back per dispatch then costs more than it saves: measured, docs/BENCHMARKS.md). One compiled
-    decode program per bucket used."""
+    that holds it, or the slots' whole `length` where that is smaller. One compiled decode program per bucket
+    used."""
     bucket = MIN_ATTEND
     while bucket < reach:
         bucket *= 2
-    return bucket if bucket * VIEW_FRACTION <= length else length
+    return min(bucket, length)
 
 
 def forward(logits_fn, params, state: SlotState) -> SlotState:

@@ -149,11 +149,13 @@ def row_product(x: jax.Array, w: jax.Array, weight_rows: bool = False, prefix: s
     return flat(x.reshape(-1, k), w2).reshape(out_shape)
 
 
-def batched_row_product(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [R, M, K] times w [R, K, N] -> [R, M, N]: R products on their own (attention's, one per row and kv head),
+def batched_row_product(x: jax.Array, w: jax.Array, columns: int | None = None) -> jax.Array:
+    """x [R, M, K'] times the first K' rows and `columns` N' columns (default: all N) of w [R, K, N] -> [R, M, N']:
+    R products on their own (attention's, one per row and kv head; a view of a longer cache is read in place),
     each element by the same fixed sequence as row_product. float32 only."""
     r, m, _ = x.shape
-    call = jax.ffi.ffi_call(f"{_registered()}_{TARGETS[0]}", jax.ShapeDtypeStruct((r, m, w.shape[2]), jnp.float32))
+    n = w.shape[2] if columns is None else columns
+    call = jax.ffi.ffi_call(f"{_registered()}_{TARGETS[0]}", jax.ShapeDtypeStruct((r, m, n), jnp.float32))
     return call(x, w)
 
 

@@ -1,7 +1,8 @@
 // Row-invariant products for XLA:CPU, called through XLA's FFI.
 //
-//   gpt_jax_rows_by_columns:  x [M, K] times w [K, N] -> y [M, N], or batched: x [R, M, K] times w [R, K, N] ->
-//                             y [R, M, N] (each of the R products on its own, as attention's are)
+//   gpt_jax_rows_by_columns:  x [M, K] times w [K, N] -> y [M, N], or batched: x [R, M, K'] times w [R, K, N] ->
+//                             y [R, M, N'] (each of the R products on its own, as attention's are), with the
+//                             first K' <= K rows and N' <= N columns of each weight: a view of a longer cache
 //   gpt_jax_rows_by_rows:     x [M, K] times w [N, K] (a weight stored with its output axis first, like a tied
 //                             embedding) -> y [M, N]
 //
@@ -158,6 +159,7 @@ struct Shape {
   const float* w;
   float* y;
   int64_t M, K, N;
+  int64_t ldw;  // x [M, K] times w [K, N]: the distance between weight rows (N, or more for a view of a wider w)
 };
 
 // ---- x [M, K] times w [K, N] ------------------------------------------------------------------------------------
@@ -173,13 +175,13 @@ inline void columns_block(const Shape& s, int64_t m0, int64_t n0, int64_t k0, in
   P acc[R][CP];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < CP; ++c) acc[r][c] = k0 ? pload(s.y + (m0 + r) * s.N + n0 + c * kPieceLanes) : pzero();
-  const float* wp = s.w + k0 * s.N + n0;
+  const float* wp = s.w + k0 * s.ldw + n0;
   const float* xp = s.x + m0 * s.K;
-  for (int64_t k = k0; k < k1; ++k, wp += s.N) {
+  for (int64_t k = k0; k < k1; ++k, wp += s.ldw) {
     // a lone row's wide stripes are followed by the hardware prefetcher after one line in four; the narrower
     // stripes of several rows are not, so each of their lines is prefetched (measured: 8 rows 1.2x from memory)
     if (k + kPrefetchRows < k1)
-      for (int c = 0; c < C; c += (R == 1 ? 4 : 1)) prefetch(wp + kPrefetchRows * s.N + c * kLanes);
+      for (int c = 0; c < C; c += (R == 1 ? 4 : 1)) prefetch(wp + kPrefetchRows * s.ldw + c * kLanes);
     P wv[CP];
     for (int c = 0; c < CP; ++c) wv[c] = pload(wp + c * kPieceLanes);
     for (int r = 0; r < R; ++r) {
@@ -223,14 +225,14 @@ void columns_scalar(const Shape& s, int64_t n0, int64_t n1) {
       float acc[kRows] = {};
       const float* xp = s.x + m * s.K;
       for (int64_t k = 0; k < s.K; ++k) {
-        const float wk = s.w[k * s.N + n];
+        const float wk = s.w[k * s.ldw + n];
         for (int64_t r = 0; r < kRows; ++r) acc[r] = std::fma(xp[r * s.K + k], wk, acc[r]);
       }
       for (int64_t r = 0; r < kRows; ++r) s.y[(m + r) * s.N + n] = acc[r];
     }
     for (; m < s.M; ++m) {
       float acc = 0.f;
-      for (int64_t k = 0; k < s.K; ++k) acc = std::fma(s.x[m * s.K + k], s.w[k * s.N + n], acc);
+      for (int64_t k = 0; k < s.K; ++k) acc = std::fma(s.x[m * s.K + k], s.w[k * s.ldw + n], acc);
       s.y[m * s.N + n] = acc;
     }
   }
@@ -334,14 +336,14 @@ void rows_span(const Shape& s, int64_t n0, int64_t n1) {
 struct Work {
   Shape shape;  // of product 0
   void (*span)(const Shape&, int64_t, int64_t);
-  int64_t width, per_product, units;
+  int64_t width, per_product, units, weight_stride;  // weight_stride: between the R products' weights
   std::atomic<int64_t> next{0}, done{0};
   void run() {
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
       const int64_t r = u / per_product, c = u % per_product;
       Shape s = shape;
       s.x += r * s.M * s.K;
-      s.w += r * s.K * s.N;
+      s.w += r * weight_stride;
       s.y += r * s.M * s.N;
       span(s, c * width, std::min(s.N, (c + 1) * width));
       done.fetch_add(1, std::memory_order_release);
@@ -361,27 +363,32 @@ ffi::Error product(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
                    ffi::ResultBuffer<ffi::F32> y, bool weight_rows) {
   auto wd = w.dimensions();
   auto xd = x.dimensions();
+  auto yd = y->dimensions();
   const bool batched = wd.size() == 3 && !weight_rows;
   if (wd.size() != 2 && !batched)
     return ffi::Error::InvalidArgument("row products: the weight must be [K, N], [N, K] or [R, K, N]");
-  const int64_t R = batched ? wd[0] : 1, K = wd[wd.size() - (weight_rows ? 1 : 2)];
-  const int64_t N = wd[wd.size() - (weight_rows ? 2 : 1)];
+  const int64_t R = batched ? wd[0] : 1;
+  int64_t K = wd[wd.size() - (weight_rows ? 1 : 2)], N = wd[wd.size() - (weight_rows ? 2 : 1)];
+  const int64_t ldw = batched ? wd[2] : N;
+  // batched: a view of each weight, its first K rows (x's last axis) and first N columns (the result's last axis)
+  if (batched && xd.size() == 3 && yd.size() == 3 && xd.back() <= K && yd.back() <= N) K = xd.back(), N = yd.back();
   if (xd.size() < 1 || xd.back() != K || (batched && (xd.size() != 3 || xd[0] != R)))
-    return ffi::Error::InvalidArgument("row products: x must be [M, K], or [R, M, K] beside a weight [R, K, N]");
+    return ffi::Error::InvalidArgument("row products: x must be [M, K], or [R, M, K'] beside a weight [R, K, N]");
   const int64_t M = K && R ? x.element_count() / (K * R) : 0;
   if (y->element_count() != R * M * N)
-    return ffi::Error::InvalidArgument("row products: the result must be [M, N] or [R, M, N]");
+    return ffi::Error::InvalidArgument("row products: the result must be [M, N] or [R, M, N']");
   if (R * M * N == 0) return ffi::Error::Success();
   if (K == 0) {
     std::fill(y->typed_data(), y->typed_data() + R * M * N, 0.f);
     return ffi::Error::Success();
   }
   auto work = std::make_shared<Work>();
-  work->shape = {x.typed_data(), w.typed_data(), y->typed_data(), M, K, N};
+  work->shape = {x.typed_data(), w.typed_data(), y->typed_data(), M, K, N, ldw};
   work->span = weight_rows ? rows_span : columns_span;
   work->width = unit_width(N, weight_rows ? 16 : 64, weight_rows ? 16 : 256);
   work->per_product = (N + work->width - 1) / work->width;
   work->units = R * work->per_product;
+  work->weight_stride = batched ? wd[1] * wd[2] : 0;
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->units) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->run(); });
   work->run();
