@@ -160,3 +160,22 @@ def test_a_save_that_fills_the_disk_is_an_oserror_and_the_old_checkpoint_stays(g
     assert snapshot(target) == before
     assert gpt_jax.load(target).config == gen.config
     assert sorted(p.name for p in small_disk.iterdir()) == ["model"]  # the partial save is cleaned away
+
+
+def test_results_written_atomically_get_the_permissions_of_a_plain_open(tmp_path):
+    """A benchmark's JSON written through a temporary file is readable as one written with `open` would be (the
+    umask's permissions), not private to its owner like the temporary file."""
+    import os
+
+    from gpt_jax.util.output_files import write_text_atomically
+
+    old = os.umask(0o027)
+    try:
+        out = write_text_atomically(tmp_path / "result.json", '{"machine": {}}\n')
+        plain = tmp_path / "plain.json"
+        plain.write_text("{}")
+    finally:
+        os.umask(old)
+    assert out.read_text() == '{"machine": {}}\n'
+    assert oct(out.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777) == oct(0o640)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -48,11 +48,13 @@ def is_a_result(path: Path) -> bool:
 
 
 def write_bytes_atomically(path, data: bytes) -> Path:
-    """Write `data` to `path` whole: readers see the old file or the new one, never a part."""
+    """Write `data` to `path` whole: readers see the old file or the new one, never a part. The file gets the
+    permissions a plain `open` would give it (the umask's), not the private ones of a temporary file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as f:
             f.write(data)
             f.flush()
@@ -62,6 +64,19 @@ def write_bytes_atomically(path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc says it (setting it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomically(path, text: str) -> Path:
