@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import gpt_jax  # noqa: E402
+from benchmarks.serve_dispatch import device_only  # noqa: E402
 from gpt_jax.bench.serving import long_context_llama, machine  # noqa: E402
+from gpt_jax.decoding.settings import GenerationSettings  # noqa: E402
 from gpt_jax.serving import slots  # noqa: E402
 from gpt_jax.serving.engine import Engine  # noqa: E402
-from benchmarks.serve_dispatch import device_only  # noqa: E402
-from gpt_jax.decoding.settings import GenerationSettings  # noqa: E402
 from tests.serving import run_requests  # noqa: E402
 
 

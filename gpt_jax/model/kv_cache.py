@@ -51,7 +51,8 @@ class KVCache:
     @property
     def attended(self) -> int:
         """The slots a pass attends to: the first `view` (every query's slot must lie below it), else all S. The
-        writes go to the whole cache in place, and attention reads the view where it lies (no copy of it)."""
+        writes go to the whole cache in place; the CPU kernel reads the view where it lies, XLA's products a slice
+        of it (layers.Attention)."""
         return self.length if self.view is None else self.view
 
     def write(self, layer: int, k: jax.Array, v: jax.Array) -> tuple[KVCache, jax.Array, jax.Array]:
